@@ -1,0 +1,114 @@
+"""The config schema and resolvers, registered before Hydra composes `conf/`.
+
+Typed dataclasses for the core keys turn typos, wrong types and bad values into one-line errors
+before any heavy import (torch, mlflow). Group options (optimizer, model, ...) stay free-form
+`_target_` nodes: their shape belongs to the class they build.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from nf_trainer.paths import PROJECT_ROOT
+
+
+@dataclass
+class EarlyStoppingConf:
+    enabled: bool = True
+    monitor: str = "loss"  # a metric name: full ('val/digits/loss') or short ('loss', first eval set)
+    mode: str = "auto"  # auto: min for loss-like names, max otherwise
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainerConf:
+    max_epochs: int = 20
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    limit_train_batches: Optional[int] = None  # cap batches per epoch (debugging)
+    limit_eval_batches: Optional[int] = None
+    log_every_n_steps: int = 10  # per-step train loss, logged asynchronously
+    save_best: List[str] = field(default_factory=lambda: ["f1", "loss"])  # 'name' or 'name:min|max'
+    early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class LoaderConf:
+    batch_size: int = 64
+    eval_batch_size: Optional[int] = None  # defaults to batch_size
+    num_workers: int = 0
+    pin_memory: Optional[bool] = None  # None: on when training on CUDA
+    persistent_workers: bool = False
+    prefetch_factor: Optional[int] = None
+    drop_last: bool = False
+    shuffle: bool = True  # the train set; debug=overfit turns it off
+
+
+@dataclass
+class MlflowConf:
+    tracking_uri: str = MISSING
+    experiment_name: str = "nf_trainer"
+    artifact_location: Optional[str] = None
+    run_name: Optional[str] = None  # None: named after what varies (model-optimizer-lr...)
+    tags: Any = field(default_factory=dict)
+    log_checkpoints: str = "best"  # best | all | none
+
+
+@dataclass
+class PathsConf:
+    root: str = "${nf.root:}"
+    output_root: str = "${paths.root}/outputs"
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    resume: Optional[str] = None
+    paths: PathsConf = field(default_factory=PathsConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    loader: LoaderConf = field(default_factory=LoaderConf)
+    mlflow: MlflowConf = field(default_factory=MlflowConf)
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    loss: Any = MISSING
+    model: Any = MISSING
+    dataset: Any = MISSING
+    transforms: Any = MISSING
+    metrics: Any = MISSING
+
+
+def register_configs() -> None:
+    """Register the schema and the `nf.root` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("nf.root"):
+        OmegaConf.register_new_resolver("nf.root", lambda: str(PROJECT_ROOT))
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def validate(cfg) -> None:
+    """Value checks the schema's types cannot express; run before any heavy import."""
+    from nf_trainer.errors import NfTrainerError
+
+    checks = [
+        (cfg.trainer.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}"),
+        (cfg.loader.batch_size >= 1, f"loader.batch_size must be >= 1, got {cfg.loader.batch_size}"),
+        (cfg.loader.num_workers >= 0, f"loader.num_workers must be >= 0, got {cfg.loader.num_workers}"),
+        (cfg.trainer.early_stopping.patience >= 1, "trainer.early_stopping.patience must be >= 1"),
+        (cfg.trainer.log_every_n_steps >= 0, "trainer.log_every_n_steps must be >= 0 (0 turns per-step logging off)"),
+    ]
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, (int, float)):
+        checks.append((lr >= 0, f"optimizer.lr must be >= 0, got {lr}"))
+    fraction = cfg.dataset.get("val_fraction")
+    if isinstance(fraction, (int, float)):
+        checks.append((0 < fraction < 1, f"dataset.val_fraction must be between 0 and 1 (exclusive), got {fraction}"))
+    for limit in ("limit_train_batches", "limit_eval_batches"):
+        value = cfg.trainer[limit]
+        checks.append((value is None or value >= 1, f"trainer.{limit} must be >= 1 or null, got {value}"))
+    for ok, message in checks:
+        if not ok:
+            raise NfTrainerError(message)

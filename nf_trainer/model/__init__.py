@@ -1,0 +1,1 @@
+"""Model architectures and factories, each selected by a `conf/model/*.yaml` node."""

@@ -1,0 +1,24 @@
+"""A small convolutional classifier for small images (digits, MNIST, CIFAR-sized inputs)."""
+from torch import nn
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class SimpleCNN(nn.Module):
+    # No BatchNorm on purpose: with lr=0 nothing changes at all, which keeps debugging runs honest.
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, dropout: float = 0.25):
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(in_channels, width),
+            _conv_block(width, width),
+            nn.MaxPool2d(2),
+            _conv_block(width, 2 * width),
+            _conv_block(2 * width, 2 * width),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))

@@ -1,0 +1,200 @@
+"""One job: config -> objects -> engine loop -> MLflow. Called by main.py after Hydra composed the config."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from nf_trainer.config import validate
+from nf_trainer.errors import NfTrainerError
+from nf_trainer.instantiate import create_instance
+
+log = logging.getLogger("nf_trainer")
+
+RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hydra", "resume", "trainer.progress_bar")
+
+
+def run(cfg: DictConfig) -> float | None:
+    validate(cfg)
+    import torch
+
+    from nf_trainer.tracking import Tracker, flatten, git_info
+    from nf_trainer.trainer import engine
+    from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
+
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    device = resolve_device(cfg.trainer.device)
+    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+
+    data, loaders, generator = build_data(cfg, device)
+    model = create_instance(cfg.model, **model_inputs(cfg.model, data)).to(device)
+    if ckpt is not None:
+        load_weights(model, ckpt, resolve_checkpoint(cfg.resume))
+    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters())
+    scheduler = None
+    if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
+        scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
+    loss_fn = create_instance(cfg.loss, torch.nn).to(device)
+    train_metrics = build_metrics(cfg.metrics, data.num_classes, device)
+
+    eval_sets = list(data.eval)
+    known = {f"val/{name}/{m}" for name in eval_sets for m in ["loss", *cfg.metrics]}
+    known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
+    job = engine.Job(
+        model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        train_loader=loaders["train"], train_generator=generator,
+        eval_loaders={name: loaders[name] for name in eval_sets},
+        train_metrics=train_metrics, eval_metrics={name: train_metrics.clone() for name in eval_sets},
+        device=device, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
+        limit_train_batches=cfg.trainer.limit_train_batches, limit_eval_batches=cfg.trainer.limit_eval_batches,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar, out_dir=out_dir,
+        best=best_watchers(cfg.trainer.save_best, eval_sets, known),
+        early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
+        patience=cfg.trainer.early_stopping.patience,
+        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
+    )
+
+    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    overrides = list(hydra_cfg.overrides.task)
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params |= {"data.num_classes": str(data.num_classes), "data.train_size": str(len(data.train)),
+               "data.in_channels": str(data.in_channels), "model.num_params": str(sum(p.numel() for p in model.parameters()))}
+    params |= {f"data.{name}.size": str(len(ds)) for name, ds in data.eval.items()}
+    tags = {"overrides": " ".join(overrides) or "(none)", "output_dir": str(out_dir), **git_info(),
+            **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}}
+    run_name = cfg.mlflow.run_name or default_run_name(cfg, hydra_cfg.runtime.choices, overrides)
+    run_id = tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None)
+    job.extra_state["run_id"] = run_id
+    if ckpt is not None:
+        engine.restore(job, ckpt)
+        log.info("resumed %s at epoch %d (MLflow run %s)", cfg.resume, job.epoch, run_id)
+    log.info("MLflow run %s (%s) in %s; outputs in %s", run_id, run_name, cfg.mlflow.tracking_uri, out_dir)
+
+    try:
+        (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        tracker.log_artifact(out_dir / ".hydra", "hydra")
+        tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
+        metrics = engine.fit(job, tracker)
+        log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
+        tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    objective = job.early_stop or next(iter(job.best.values()), None)
+    return objective.best if objective is not None else metrics.get(f"val/{eval_sets[0]}/loss")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NfTrainerError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
+    return device
+
+
+def build_data(cfg: DictConfig, device):
+    """The dataset builder's splits, and a DataLoader per split (train first, then each eval set)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nf_trainer.transforms import build_transforms
+
+    train_tf, eval_tf = build_transforms(cfg.transforms)
+    data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
+    lc = cfg.loader
+    common = dict(
+        num_workers=lc.num_workers,
+        pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
+        persistent_workers=lc.persistent_workers and lc.num_workers > 0,
+        prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
+    )
+    generator = torch.Generator()
+    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle, drop_last=lc.drop_last,
+                                   generator=generator, **common)}
+    for name, dataset in data.eval.items():
+        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False, **common)
+    return data, loaders, generator
+
+
+def model_inputs(model_cfg: DictConfig, data) -> dict:
+    """Facts the data knows (num_classes, in_channels, image_size), for the model keys left null."""
+    facts = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    return {key: value for key, value in facts.items() if key in model_cfg and model_cfg[key] is None}
+
+
+def load_weights(model, ckpt: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise NfTrainerError(f"checkpoint '{path}' does not fit this model (was it trained with another model=?): {detail}") from exc
+
+
+def build_metrics(metrics_cfg: DictConfig, num_classes: int, device):
+    from torchmetrics import MetricCollection
+
+    return MetricCollection({name: create_instance(node, num_classes=num_classes) for name, node in metrics_cfg.items()}).to(device)
+
+
+def best_watchers(save_best, eval_sets: list[str], known: set[str]) -> dict:
+    from nf_trainer.trainer.watch import MetricWatcher, resolve_key, resolve_mode
+
+    watchers = {}
+    for entry in save_best:
+        name, _, mode = str(entry).partition(":")
+        key = resolve_key(name, eval_sets, known)
+        watchers[name.replace("/", "_")] = MetricWatcher(key, resolve_mode(key, mode or "auto"))
+    return watchers
+
+
+def early_stop_watcher(es_cfg: DictConfig, eval_sets: list[str], known: set[str]):
+    from nf_trainer.trainer.watch import MetricWatcher, resolve_key, resolve_mode
+
+    if not es_cfg.enabled:
+        return None
+    key = resolve_key(es_cfg.monitor, eval_sets, known)
+    return MetricWatcher(key, resolve_mode(key, es_cfg.mode), es_cfg.min_delta)
+
+
+def default_run_name(cfg: DictConfig, choices, overrides: list[str]) -> str:
+    """Named after what varies: simple_cnn-adam-lr0.001, plus any other overridden values."""
+    parts = [choices.get("model", "model"), choices.get("optimizer", "opt")]
+    lr = cfg.optimizer.get("lr")
+    if lr is not None:
+        parts.append(f"lr{lr:g}")
+    for override in overrides:
+        if not override.lstrip("+~").startswith(RUN_NAME_SKIP):
+            key, _, value = override.lstrip("+~").partition("=")
+            parts.append(value if key in choices else f"{key.rsplit('.', 1)[-1]}{value}")
+    return "-".join(parts)
+
+
+def log_checkpoints(tracker, out_dir: Path, which: str) -> None:
+    if which == "none":
+        return
+    for path in sorted(out_dir.glob("best-*.pt" if which == "best" else "*.pt")):
+        tracker.log_artifact(path, "checkpoints")

@@ -1,0 +1,133 @@
+"""MLflow tracking for one job: a run with the flattened config as params, metrics, tags, artifacts.
+
+Uses `MlflowClient` with an explicit run id (no global "active run"), so sequential sweep jobs in
+one process never trip over each other and a run is always ended with an explicit status.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from nf_trainer.errors import NfTrainerError
+from nf_trainer.paths import PROJECT_ROOT
+
+log = logging.getLogger("nf_trainer")
+
+MAX_KEY = 250  # MLflow rejects longer keys
+MAX_VALUE = 6000  # and truncates longer param values
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{'optimizer': {'lr': 0.1}, 'l': [1, 2]} -> {'optimizer.lr': '0.1', 'l.0': '1', 'l.1': '2'}."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        return {prefix: str(tree)}
+    flat: dict[str, str] = {}
+    for key, value in items:
+        flat |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    if not flat and prefix:
+        flat[prefix] = "{}" if isinstance(tree, dict) else "[]"
+    return flat
+
+
+def git_info(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "--verify", "HEAD")
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: no git tags
+        return {}
+    if not commit:
+        return {}
+    return {"git.commit": commit, "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment_name, self.artifact_location = experiment_name, artifact_location
+        self.run_id: str | None = None
+        self._pending: list = []  # async per-step logging operations, flushed at the end
+
+    def experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            if experiment is not None:
+                return experiment.experiment_id
+            location = Path(self.artifact_location).resolve().as_uri() if self.artifact_location else None
+            return self.client.create_experiment(self.experiment_name, artifact_location=location)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" in str(exc.error_code):  # created by a parallel job meanwhile
+                return self.client.get_experiment_by_name(self.experiment_name).experiment_id
+            raise NfTrainerError(f"MLflow store '{self.tracking_uri}' is not usable: {str(exc).splitlines()[0]}") from exc
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        from mlflow.entities import Param, RunTag
+
+        if resume_run_id:
+            run = self.client.get_run(resume_run_id)
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            logged = run.data.params
+        else:
+            run = self.client.create_run(self.experiment_id(), run_name=run_name)
+            self.run_id, logged = run.info.run_id, {}
+        params = {k[:MAX_KEY]: v[:MAX_VALUE] for k, v in params.items()}
+        new = {k: v for k, v in params.items() if k not in logged}
+        # Params are immutable in MLflow: a value changed on resume is recorded as a tag instead.
+        changed = {f"resume.changed.{k}"[:MAX_KEY]: f"{logged[k]} -> {v}"[:MAX_VALUE]
+                   for k, v in params.items() if k in logged and logged[k] != v}
+        self.client.log_batch(
+            self.run_id,
+            params=[Param(k, v) for k, v in new.items()],
+            tags=[RunTag(k, str(v)[:MAX_VALUE]) for k, v in (tags | changed).items()],
+        )
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.client.log_batch(self.run_id, metrics=self._metrics(metrics, step))
+
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queued and written by MLflow's background thread: the training step does not wait on the DB."""
+        self._pending.append(self.client.log_batch(self.run_id, metrics=self._metrics(metrics, step), synchronous=False))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_VALUE]) for k, v in tags.items()])
+
+    def end(self, status: str) -> None:
+        """Flush queued metrics and set the final status (FINISHED, FAILED or KILLED)."""
+        if self.run_id is None:
+            return
+        for operation in self._pending:
+            try:
+                operation.wait()
+            except Exception as exc:  # a lost per-step point must not hide the run's real outcome
+                log.warning("an asynchronous MLflow write failed: %s", exc)
+        self._pending.clear()
+        self.client.set_terminated(self.run_id, status=status)
+
+    @staticmethod
+    def _metrics(metrics: dict[str, float], step: int) -> list:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        return [Metric(key, float(value), now, step) for key, value in metrics.items()]

@@ -1,0 +1,1 @@
+"""The training engine: a plain loop (engine.py), checkpoints, and metric watching."""

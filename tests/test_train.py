@@ -1,0 +1,137 @@
+"""End to end: the real main.py trains real models on the digits set and logs to a real sqlite store."""
+import torch
+import pytest
+
+from tests.conftest import metric_history, run_main, runs, client
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`python main.py` with defaults (simple_cnn on digits), run once for several checks."""
+    out = tmp_path_factory.mktemp("default") / "outputs"
+    out.mkdir()
+    result = run_main(out=out)
+    (run,) = runs(out)
+    return out, run, result
+
+
+def test_default_run_reaches_target_accuracy(default_run):
+    out, run, _ = default_run
+    assert run.info.status == "FINISHED"
+    best_acc = max(m.value for m in metric_history(out, run.info.run_id, "val/digits/accuracy"))
+    assert best_acc >= 0.97
+
+
+def test_default_run_logs_params_metrics_tags_artifacts(default_run):
+    out, run, _ = default_run
+    params, tags = run.data.params, run.data.tags
+    assert params["model._target_"] == "nf_trainer.model.simple_cnn.SimpleCNN"
+    assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.003"
+    assert params["trainer.max_epochs"] == "20" and params["data.num_classes"] == "10"
+    assert params["data.train_size"] == "1437" and params["data.digits.size"] == "360"
+    assert run.info.run_name == "simple_cnn-adamw-lr0.003"
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
+    assert tags["overrides"].startswith("paths.output_root=") and tags["output_dir"].startswith(str(out))
+    for key in ("train/loss", "train/accuracy", "val/digits/loss", "val/digits/accuracy", "val/digits/precision",
+                "val/digits/recall", "val/digits/f1", "lr"):
+        history = metric_history(out, run.info.run_id, key)
+        assert [m.step for m in history] == list(range(1, 21)), key
+    assert metric_history(out, run.info.run_id, "train/step_loss"), "per-step loss is logged every n steps"
+    artifacts = {a.path for a in client(out).list_artifacts(run.info.run_id)}
+    assert {"hydra", "checkpoints"} <= artifacts
+    hydra_files = {a.path for a in client(out).list_artifacts(run.info.run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/config_resolved.yaml"} <= hydra_files
+    ckpts = {a.path for a in client(out).list_artifacts(run.info.run_id, "checkpoints")}
+    assert ckpts == {"checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
+
+
+def test_default_run_writes_checkpoints(default_run):
+    out, run, _ = default_run
+    out_dir = run.data.tags["output_dir"]
+    last = torch.load(f"{out_dir}/last.pt", weights_only=True)
+    best = torch.load(f"{out_dir}/best-f1.pt", weights_only=True)
+    assert last["epoch"] == 20 and last["run_id"] == run.info.run_id and last["classes"] == [str(i) for i in range(10)]
+    f1 = [m.value for m in metric_history(out, run.info.run_id, "val/digits/f1")]
+    assert best["metrics"]["val/digits/f1"] == pytest.approx(max(f1))
+    assert best["best"]["f1"]["best"] == pytest.approx(max(f1))
+
+
+def test_optimizer_override_is_logged(out):
+    run_main("optimizer=adam", "optimizer.lr=1e-3", "trainer.max_epochs=2", "trainer.limit_train_batches=3", out=out)
+    (run,) = runs(out)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.lr"] == "0.001"
+    assert run.data.params["optimizer._target_"] == "torch.optim.Adam"
+    assert run.info.run_name == "simple_cnn-adam-lr0.001-max_epochs2-limit_train_batches3"
+
+
+def test_multirun_gives_one_finished_run_per_job(out):
+    run_main("-m", "optimizer=sgd,adam", "trainer.max_epochs=1", out=out)
+    found = runs(out)
+    assert len(found) == 2 and all(r.info.status == "FINISHED" for r in found)
+    assert sorted(r.data.params["optimizer._target_"] for r in found) == ["torch.optim.Adam", "torch.optim.SGD"]
+
+
+def test_early_stopping_stops_when_nothing_improves(out):
+    run_main("optimizer.lr=0", "trainer.max_epochs=10", "trainer.early_stopping.patience=2", out=out)
+    (run,) = runs(out)
+    assert run.info.status == "FINISHED"
+    # epoch 1 sets the best loss; epochs 2 and 3 do not improve on it -> stop after 3 epochs
+    assert [m.step for m in metric_history(out, run.info.run_id, "val/digits/loss")] == [1, 2, 3]
+    out_dir = run.data.tags["output_dir"]
+    for name in ("last.pt", "best-f1.pt", "best-loss.pt"):
+        ckpt = torch.load(f"{out_dir}/{name}", weights_only=True)
+        assert set(ckpt["model"]) == set(torch.load(f"{out_dir}/last.pt", weights_only=True)["model"])
+    assert torch.load(f"{out_dir}/last.pt", weights_only=True)["early_stop"]["bad_epochs"] == 2
+
+
+def test_resume_continues_the_same_run_and_matches_a_straight_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    run_main("trainer.max_epochs=4", "seed=3", out=straight)
+    run_main("trainer.max_epochs=2", "seed=3", out=split)
+    (first,) = runs(split)
+    run_main("trainer.max_epochs=4", "seed=3", f"resume={first.data.tags['output_dir']}/last.pt", out=split)
+
+    (resumed,) = runs(split)  # still one run
+    assert resumed.info.run_id == first.info.run_id and resumed.info.status == "FINISHED"
+    assert [m.step for m in metric_history(split, resumed.info.run_id, "val/digits/accuracy")] == [1, 2, 3, 4]
+    assert resumed.data.tags["resume.changed.trainer.max_epochs"] == "2 -> 4"
+
+    (reference,) = runs(straight)
+    a = torch.load(f"{reference.data.tags['output_dir']}/last.pt", weights_only=True)["model"]
+    b = torch.load(f"{resumed.data.tags['output_dir']}/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # same seed -> same final metrics
+    final = lambda out, run: metric_history(out, run.info.run_id, "val/digits/loss")[-1].value
+    assert final(straight, reference) == final(split, resumed)
+
+
+def test_debug_overfit_loss_falls(out):
+    run_main("debug=overfit", out=out)
+    (run,) = runs(out)
+    losses = [m.value for m in metric_history(out, run.info.run_id, "train/loss")]
+    assert len(losses) == 30 and losses[-1] < 0.3 * losses[0]
+
+
+def test_efficientnet_b0_trains(out):
+    run_main("model=efficientnet_b0", "debug=fast", out=out)
+    (run,) = runs(out)
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "efficientnet-b0"
+    assert run.data.params["model.image_size"] == "None"  # filled from the data at build time
+    assert int(run.data.params["model.num_params"]) > 3_000_000
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optimizer=adamm", "Could not find 'optimizer/adamm'"),
+    ("trainer.max_epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1, got 0"),
+    ("optimizer._target_=torch.optim.Adamm", "unknown optimizer 'Adamm' in torch.optim; did you mean 'Adam'"),
+])
+def test_bad_input_fails_in_one_line_and_leaves_no_running_run(out, override, needle):
+    result = run_main(override, out=out, check=False)
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    if (out / "mlflow.db").exists():
+        assert all(r.info.status != "RUNNING" for r in runs(out)) if client(out).get_experiment_by_name("nf_trainer") else True
