@@ -6,6 +6,8 @@ before any heavy import (torch, mlflow). Group options (optimizer, model, ...) s
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -35,6 +37,7 @@ class TrainerConf:
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
     deterministic: bool = False
     progress_bar: bool = True
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
 
 
 @dataclass
@@ -82,10 +85,21 @@ class Config:
     metrics: Any = MISSING
 
 
+def _run_dir() -> str:
+    """A run's folder under runs/: a timestamp. Under torchrun, ranks > 0 keep only their log, in
+    ddp-rank<N>/, since rank 0's folder holds the run (checkpoints, config)."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:
+        return f"ddp-rank{rank}"
+    now = time.time()
+    return time.strftime("%Y-%m-%d/%H-%M-%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}"
+
+
 def register_configs() -> None:
     """Register the schema and the `nf.root` resolver (idempotent)."""
     if not OmegaConf.has_resolver("nf.root"):
         OmegaConf.register_new_resolver("nf.root", lambda: str(PROJECT_ROOT))
+        OmegaConf.register_new_resolver("nf.run_dir", _run_dir, use_cache=True)
     ConfigStore.instance().store(name="schema", node=Config)
 
 

@@ -21,20 +21,28 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     import torch
 
-    from nf_trainer.tracking import Tracker, flatten, git_info
-    from nf_trainer.trainer import engine
+    from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
+    from nf_trainer.trainer import distributed, engine
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 
     hydra_cfg = HydraConfig.get()
-    out_dir = Path(hydra_cfg.runtime.output_dir)
+    ddp, ddp_device = distributed.setup(cfg.trainer.device)
+    out_dir = Path(distributed.broadcast(hydra_cfg.runtime.output_dir))  # rank 0's: one set of checkpoints
+    if not ddp.is_main:
+        log.setLevel(logging.WARNING)  # one voice: rank 0 logs epochs and progress
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    device = resolve_device(cfg.trainer.device)
+    device = ddp_device or resolve_device(cfg.trainer.device)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
 
-    data, loaders, generator = build_data(cfg, device)
-    model = create_instance(cfg.model, **model_inputs(cfg.model, data)).to(device)
+    data, loaders, generator = build_data(cfg, device, ddp)
+    model = create_instance(cfg.model, **model_inputs(cfg.model, data))
     if ckpt is not None:
         load_weights(model, ckpt, resolve_checkpoint(cfg.resume))
+    if ddp.enabled and cfg.trainer.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if ddp.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters())
     scheduler = None
     if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
@@ -52,14 +60,16 @@ def run(cfg: DictConfig) -> float | None:
         train_metrics=train_metrics, eval_metrics={name: train_metrics.clone() for name in eval_sets},
         device=device, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_eval_batches=cfg.trainer.limit_eval_batches,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar, out_dir=out_dir,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar and ddp.is_main,
+        out_dir=out_dir, train_sampler=loaders["train"].sampler if ddp.enabled else None, is_main=ddp.is_main,
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
         extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
     )
 
-    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location) \
+        if ddp.is_main else NullTracker()
     overrides = list(hydra_cfg.overrides.task)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params |= {"data.num_classes": str(data.num_classes), "data.train_size": str(len(data.train)),
@@ -68,7 +78,8 @@ def run(cfg: DictConfig) -> float | None:
     tags = {"overrides": " ".join(overrides) or "(none)", "output_dir": str(out_dir), **git_info(),
             **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}}
     run_name = cfg.mlflow.run_name or default_run_name(cfg, hydra_cfg.runtime.choices, overrides)
-    run_id = tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None)
+    params["trainer.world_size"] = str(ddp.world_size)
+    run_id = distributed.broadcast(tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None))
     job.extra_state["run_id"] = run_id
     if ckpt is not None:
         engine.restore(job, ckpt)
@@ -116,10 +127,13 @@ def resolve_device(name: str):
     return device
 
 
-def build_data(cfg: DictConfig, device):
-    """The dataset builder's splits, and a DataLoader per split (train first, then each eval set)."""
+def build_data(cfg: DictConfig, device, ddp=None):
+    """The dataset builder's splits, and a DataLoader per split (train first, then each eval set).
+
+    Under torchrun each rank reads its own shard (DistributedSampler); `loader.batch_size` is per rank.
+    """
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
     from nf_trainer.transforms import build_transforms
 
@@ -133,10 +147,18 @@ def build_data(cfg: DictConfig, device):
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
     )
     generator = torch.Generator()
-    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle, drop_last=lc.drop_last,
-                                   generator=generator, **common)}
+
+    def shard(dataset, shuffle: bool):
+        if ddp is None or not ddp.enabled:
+            return None
+        return DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=shuffle, seed=cfg.seed, drop_last=lc.drop_last)
+
+    train_sampler = shard(data.train, lc.shuffle)
+    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle and train_sampler is None,
+                                   sampler=train_sampler, drop_last=lc.drop_last, generator=generator, **common)}
     for name, dataset in data.eval.items():
-        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False, **common)
+        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
+                                   sampler=shard(dataset, False), **common)
     return data, loaders, generator
 
 

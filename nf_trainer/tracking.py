@@ -131,3 +131,14 @@ class Tracker:
 
         now = int(time.time() * 1000)
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+
+
+class NullTracker:
+    """Stands in for Tracker on ranks > 0 under torchrun: only rank 0 talks to MLflow."""
+    run_id = None
+
+    def start(self, *args, **kwargs):
+        return None
+
+    def __getattr__(self, name):  # log_metrics, log_step_metrics, log_artifact, set_tags, end: all no-ops
+        return lambda *args, **kwargs: None

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from nf_trainer.trainer.checkpoint import save_checkpoint
+from nf_trainer.trainer.distributed import rank0_decides, sum_across_ranks, unwrap
 from nf_trainer.trainer.watch import MetricWatcher
 
 log = logging.getLogger("nf_trainer")
@@ -45,6 +46,8 @@ class Job:
     early_stop: MetricWatcher | None
     patience: int
     extra_state: dict = field(default_factory=dict)  # classes, config, ...: stored in every checkpoint
+    train_sampler: object | None = None  # a DistributedSampler under torchrun (set_epoch each epoch)
+    is_main: bool = True  # rank 0 (or the only process): the one that writes checkpoints
     epoch: int = 0  # epochs completed
     global_step: int = 0
 
@@ -55,6 +58,8 @@ def fit(job: Job, tracker) -> dict[str, float]:
         started = time.perf_counter()
         metrics = {"lr": job.optimizer.param_groups[0]["lr"]}
         job.train_generator.manual_seed(job.seed + epoch)
+        if job.train_sampler is not None:
+            job.train_sampler.set_epoch(epoch)
         metrics |= _prefixed("train", train_one_epoch(job, tracker, epoch))
         for name, loader in job.eval_loaders.items():
             metrics |= _prefixed(f"val/{name}", evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name],
@@ -70,11 +75,12 @@ def fit(job: Job, tracker) -> dict[str, float]:
         stop = False
         if job.early_stop is not None:
             job.early_stop.update(metrics[job.early_stop.key])
-            stop = job.early_stop.bad_epochs >= job.patience
-        payload = checkpoint_payload(job, metrics)
-        for stem in improved:
-            save_checkpoint(payload, job.out_dir / f"best-{stem}.pt")
-        save_checkpoint(payload, job.out_dir / "last.pt")
+            stop = rank0_decides(job.early_stop.bad_epochs >= job.patience)
+        if job.is_main:
+            payload = checkpoint_payload(job, metrics)
+            for stem in improved:
+                save_checkpoint(payload, job.out_dir / f"best-{stem}.pt")
+            save_checkpoint(payload, job.out_dir / "last.pt")
         if stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
                      job.early_stop.key, job.patience, job.early_stop.best)
@@ -126,7 +132,7 @@ def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None) -> dic
 def checkpoint_payload(job: Job, metrics: dict[str, float]) -> dict:
     """Everything needed to continue exactly where this epoch ended."""
     return {
-        "model": job.model.state_dict(),
+        "model": unwrap(job.model).state_dict(),
         "optimizer": job.optimizer.state_dict(),
         "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
         "epoch": job.epoch,
@@ -172,7 +178,9 @@ def _length(loader, limit) -> int:
 
 
 def _results(loss_sum, seen, metrics) -> dict[str, float]:
-    values = {"loss": (loss_sum / max(seen, 1)).item()}
+    seen = torch.tensor(float(seen), device=loss_sum.device)
+    sum_across_ranks(loss_sum, seen)  # torchmetrics syncs its own states in compute()
+    values = {"loss": (loss_sum / seen.clamp(min=1)).item()}
     values |= {name: value.item() for name, value in metrics.compute().items()}
     return values
 

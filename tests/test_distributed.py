@@ -1,0 +1,33 @@
+"""torchrun on CPU (gloo): two ranks train as one job: one MLflow run, one set of checkpoints."""
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import MAIN, ROOT, metric_history, run_main, runs
+
+
+def torchrun(*overrides, out, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(MAIN),
+           *overrides, f"paths.output_root={out}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def test_torchrun_two_ranks_match_a_single_process_run(tmp_path):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    single.mkdir(), ddp.mkdir()
+    run_main("loader.batch_size=64", "seed=5", out=single)
+    torchrun("loader.batch_size=32", "seed=5", out=ddp)  # 2 ranks x 32 = the same global batch
+
+    (run,) = runs(ddp)  # rank 1 logs nothing
+    assert run.info.status == "FINISHED" and run.data.params["trainer.world_size"] == "2"
+    assert run.data.params["data.train_size"] == "1437"
+    assert [m.step for m in metric_history(ddp, run.info.run_id, "val/digits/accuracy")] == list(range(1, 21))
+    run_dirs = sorted(p.parent for p in (ddp / "runs").rglob("last.pt"))
+    assert run_dirs == [Path(run.data.tags["output_dir"])]  # one set of checkpoints
+    assert {p.name for p in run_dirs[0].glob("*.pt")} == {"last.pt", "best-f1.pt", "best-loss.pt"}
+
+    (reference,) = runs(single)
+    final = lambda out, r: metric_history(out, r.info.run_id, "val/digits/accuracy")[-1].value
+    assert abs(final(ddp, run) - final(single, reference)) <= 0.01
