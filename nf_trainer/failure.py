@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 from nf_trainer.trainer.signals import Interrupted
 
@@ -24,7 +25,10 @@ def tracked_outcome(tracker, out_dir):
         yield
     except Interrupted as stop:  # the loop saved last.pt after the signal: exit as the signal would
         _end(tracker, "KILLED")
-        log.warning("stopped by %s; continue with resume=%s", stop, out_dir)
+        if (Path(out_dir) / "last.pt").exists():
+            log.warning("stopped by %s; continue with resume=%s", stop, out_dir)
+        else:
+            log.warning("stopped by %s before a step of this run finished: nothing new was saved", stop)
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
         _end(tracker, "KILLED")

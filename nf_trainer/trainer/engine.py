@@ -59,7 +59,7 @@ class Job:
 def fit(job: Job, tracker) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for epoch in range(job.epoch, job.max_epochs):
-        job.stop.raise_if_requested()  # a signal during the last evaluation: last.pt is already written
+        job.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
         started = time.perf_counter()
         metrics = {"lr": job.optimizer.param_groups[0]["lr"]}
         job.train_generator.manual_seed(job.seed + epoch)
@@ -121,9 +121,9 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
             tracker.log_step_metrics({"train/step_loss": step_loss}, step=job.global_step)
             bar.set_postfix(loss=f"{step_loss:.4f}")
         if job.stop.requested or (job.checkpoint_every_n_steps and job.global_step % job.checkpoint_every_n_steps == 0):
-            job.guard.check(epoch)
+            job.guard.check(epoch)  # never save NaN weights over good ones
             save_checkpoint(checkpoint_payload(job, {}, _partial_epoch(job, loss_sum, seen)), job.out_dir / "last.pt")
-            job.stop.raise_if_requested()
+            job.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
     job.guard.check(epoch)  # before anything of this epoch is evaluated or saved
     return _results(loss_sum, seen, job.train_metrics)
 
