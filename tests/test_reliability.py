@@ -142,32 +142,27 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     assert last_checkpoint(tmp_path) is None  # it did not wait to finish the step and save
 
 
-def test_a_crash_marks_the_run_failed_with_the_error_and_keeps_the_last_epoch(tmp_path):
-    # 6 steps per epoch: the forward pass of step 9 (epoch 2) raises
-    result = run_main(*SETUP, "model._target_=tests.bad_parts.FaultyCNN", "+model.crash_at=9", out=tmp_path, check=False)
+def test_a_nan_batch_is_skipped_then_a_crash_fails_the_run_with_its_error_and_keeps_the_last_epoch(tmp_path):
+    # 6 steps per epoch: with trainer.nonfinite=skip the NaN loss of step 3 is dropped and training goes on,
+    # then the forward pass of step 9 (epoch 2) raises
+    result = run_main(*SETUP, "trainer.nonfinite=skip", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[3]",
+                      "+model.crash_at=9", out=tmp_path, check=False)
     assert result.returncode == 1
     (run,) = runs(tmp_path)
+    out_dir = Path(run.data.tags["output_dir"])
+    assert "non-finite loss (nan) at epoch 1, step 3: batch skipped" in (out_dir / "main.log").read_text()
+
     assert run.info.status == "FAILED"
     assert run.data.tags["error.type"] == "RuntimeError"
     assert run.data.tags["error"] == "simulated crash in forward at training step 9"
     traceback_txt = client(tmp_path).download_artifacts(run.info.run_id, "error/traceback.txt", str(tmp_path))
     text = Path(traceback_txt).read_text()
     assert text.startswith("Traceback") and "bad_parts.py" in text and "simulated crash" in text
-    kept = last_checkpoint(tmp_path)
+
+    kept = torch.load(out_dir / "last.pt", weights_only=True)
     assert kept["epoch"] == 1 and kept["global_step"] == 6  # the last completed epoch, intact
-
-
-def test_nonfinite_skip_drops_the_bad_batch_and_finishes(tmp_path):
-    run_main(*SETUP, "trainer.nonfinite=skip", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[3,8]",
-             out=tmp_path)
-    (run,) = runs(tmp_path)
-    assert run.info.status == "FINISHED"
-    log_text = (Path(run.data.tags["output_dir"]) / "main.log").read_text()
-    assert "non-finite loss (nan) at epoch 1, step 3: batch skipped" in log_text
-    assert "non-finite loss (nan) at epoch 2, step 8: batch skipped" in log_text
-    final = weights(tmp_path)
-    assert all(torch.isfinite(t).all() for t in final.values())
-    assert all(v == v for v in per_epoch(tmp_path, "train/loss").values())  # no NaN in the epoch losses
+    assert all(torch.isfinite(t).all() for t in kept["model"].values())  # the NaN batch never reached the weights
+    assert per_epoch(tmp_path, "train/loss")[1] == per_epoch(tmp_path, "train/loss")[1]  # epoch 1's loss is not NaN
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path):

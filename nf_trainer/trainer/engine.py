@@ -194,6 +194,7 @@ def _fast_forward(job: Job, batches) -> tuple[torch.Tensor, int]:
     partial, job.resume_partial = job.resume_partial, None
     job.train_metrics.persistent(True)
     job.train_metrics.load_state_dict(partial["train_metrics"])
+    job.train_metrics.to(job.device)  # the loaded states are on the CPU (map_location)
     _set_rng(partial["rng"])
     return partial["loss_sum"].to(job.device), partial["seen"]
 
