@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
+DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")  # OmegaConf's lines under a message
+
 
 class NfTrainerError(CompactHydraException):
     """A problem with the user's input: config, data, checkpoint or tracking server."""
@@ -47,6 +49,3 @@ def one_line(exc: BaseException) -> str:
         else:
             parts.append(line.strip())
     return " ".join(part if part.endswith((".", ":", "?", "!")) else part + "." for part in parts).rstrip(".")
-
-
-DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")
