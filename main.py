@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nf_trainer.config import register_configs
+from nf_trainer.errors import one_line_errors
 
 register_configs()
 
@@ -18,4 +19,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors():
+        main()

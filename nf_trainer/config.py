@@ -38,6 +38,8 @@ class TrainerConf:
     deterministic: bool = False
     progress_bar: bool = True
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
+    checkpoint_every_n_steps: int = 0  # also write last.pt every N steps, resumable mid-epoch (0: epoch ends only)
+    nonfinite: str = "stop"  # a NaN/Inf training loss: stop (the run FAILED, last good checkpoint kept) | skip the batch
 
 
 @dataclass
@@ -113,6 +115,10 @@ def validate(cfg) -> None:
         (cfg.loader.num_workers >= 0, f"loader.num_workers must be >= 0, got {cfg.loader.num_workers}"),
         (cfg.trainer.early_stopping.patience >= 1, "trainer.early_stopping.patience must be >= 1"),
         (cfg.trainer.log_every_n_steps >= 0, "trainer.log_every_n_steps must be >= 0 (0 turns per-step logging off)"),
+        (cfg.trainer.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps must be >= 0 (0: at epoch ends only)"),
+        (cfg.trainer.nonfinite in ("stop", "skip"), f"trainer.nonfinite must be stop or skip, not '{cfg.trainer.nonfinite}'"),
+        (cfg.loader.eval_batch_size is None or cfg.loader.eval_batch_size >= 1,
+         f"loader.eval_batch_size must be >= 1 or null, got {cfg.loader.eval_batch_size}"),
     ]
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, (int, float)):

@@ -3,8 +3,49 @@
 They subclass Hydra's CompactHydraException so `python main.py ...` prints just the message
 (one line that says what to change) and exits non-zero, instead of a traceback.
 """
+import os
+import re
+import sys
+from contextlib import contextmanager
+
 from hydra.errors import CompactHydraException
+from omegaconf.errors import OmegaConfBaseException
+
+DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")  # OmegaConf's lines under a message
 
 
 class NfTrainerError(CompactHydraException):
     """A problem with the user's input: config, data, checkpoint or tracking server."""
+
+
+@contextmanager
+def one_line_errors():
+    """Print a bad-input error as one line and exit 1 (Hydra would spread a config error over several lines
+    and add a hint about HYDRA_FULL_ERROR). Other errors keep their full traceback. With HYDRA_FULL_ERROR=1
+    set by the user, everything is raised as Hydra does it."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing: the message is ours to print
+    try:
+        yield
+    except CompactHydraException as exc:
+        sys.exit(one_line(exc))
+
+
+def one_line(exc: BaseException) -> str:
+    """A Hydra/OmegaConf error message in one line: OmegaConf's key details and Hydra's search path dropped,
+    indented option lists joined ("Available options in 'optimizer': adam, adamw, ...")."""
+    text = str(exc)
+    if isinstance(exc.__cause__, OmegaConfBaseException):
+        text += "\n" + str(exc.__cause__)
+    text = text.split("Config search path:")[0]
+    parts: list[str] = []
+    for line in text.splitlines():
+        if not line.strip() or DETAIL.match(line):
+            continue
+        if line.startswith("\t") and parts:  # an option under "Available options in ...:"
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line.strip()
+        else:
+            parts.append(line.strip())
+    return " ".join(part if part.endswith((".", ":", "?", "!")) else part + "." for part in parts).rstrip(".")

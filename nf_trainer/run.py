@@ -21,9 +21,12 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     import torch
 
+    from nf_trainer.failure import tracked_outcome
     from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
     from nf_trainer.trainer import distributed, engine
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
+    from nf_trainer.trainer.signals import StopRequest
 
     hydra_cfg = HydraConfig.get()
     ddp, ddp_device = distributed.setup(cfg.trainer.device)
@@ -35,6 +38,7 @@ def run(cfg: DictConfig) -> float | None:
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
 
     data, loaders, generator = build_data(cfg, device, ddp)
+    check_labels(data)
     model = create_instance(cfg.model, **model_inputs(cfg.model, data))
     if ckpt is not None:
         load_weights(model, ckpt, resolve_checkpoint(cfg.resume))
@@ -66,7 +70,15 @@ def run(cfg: DictConfig) -> float | None:
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
         extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
+        checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
+        guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
     )
+    if ckpt is not None:  # before the MLflow run reopens: a checkpoint that does not fit leaves it untouched
+        try:
+            engine.restore(job, ckpt)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise NfTrainerError(f"checkpoint '{cfg.resume}' does not fit this optimizer or scheduler "
+                                 f"(was it trained with other ones?): {' '.join(str(exc).split())[:300]}") from exc
 
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location) \
         if ddp.is_main else NullTracker()
@@ -81,25 +93,17 @@ def run(cfg: DictConfig) -> float | None:
     params["trainer.world_size"] = str(ddp.world_size)
     run_id = distributed.broadcast(tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None))
     job.extra_state["run_id"] = run_id
-    if ckpt is not None:
-        engine.restore(job, ckpt)
-        log.info("resumed %s at epoch %d (MLflow run %s)", cfg.resume, job.epoch, run_id)
-    log.info("MLflow run %s (%s) in %s; outputs in %s", run_id, run_name, cfg.mlflow.tracking_uri, out_dir)
-
-    try:
+    # From here the run is RUNNING: it ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED whatever happens.
+    with tracked_outcome(tracker, out_dir), StopRequest() as job.stop:
+        if ckpt is not None:
+            log.info("resumed %s at epoch %d, step %d (MLflow run %s)", cfg.resume, job.epoch, job.global_step, run_id)
+        log.info("MLflow run %s (%s) in %s; outputs in %s", run_id, run_name, cfg.mlflow.tracking_uri, out_dir)
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
         metrics = engine.fit(job, tracker)
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
     objective = job.early_stop or next(iter(job.best.values()), None)
     return objective.best if objective is not None else metrics.get(f"val/{eval_sets[0]}/loss")
 
@@ -165,6 +169,10 @@ def build_data(cfg: DictConfig, device, ddp=None):
 def model_inputs(model_cfg: DictConfig, data) -> dict:
     """Facts the data knows (num_classes, in_channels, image_size), for the model keys left null."""
     facts = {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}
+    given = model_cfg.get("num_classes")
+    if given is not None and given != data.num_classes:
+        raise NfTrainerError(f"model.num_classes={given} but the data has {data.num_classes} classes: "
+                             f"set model.num_classes=null to take it from the data")
     return {key: value for key, value in facts.items() if key in model_cfg and model_cfg[key] is None}
 
 

@@ -13,12 +13,13 @@ MAIN = ROOT / "main.py"
 
 
 def run_main(*overrides: str, out: Path, cwd: Path | None = None, check: bool = True, timeout: float = 600,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+             env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
     """`python main.py <overrides> paths.output_root=<out>`; outputs and the store stay under `out`."""
     cmd = [sys.executable, str(MAIN), *overrides, f"paths.output_root={out}"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
+                            preexec_fn=preexec_fn)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

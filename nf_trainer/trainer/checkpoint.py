@@ -10,6 +10,8 @@ import torch
 
 from nf_trainer.errors import NfTrainerError
 
+REQUIRED_KEYS = ("model", "optimizer", "epoch", "global_step", "rng")
+
 
 def save_checkpoint(payload: dict, path: Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
@@ -21,9 +23,17 @@ def save_checkpoint(payload: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # disk full, file size limit, ...: torch wraps the OSError
+        Path(tmp).unlink(missing_ok=True)
+        cause = exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else exc
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else _first_line(cause)
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise NfTrainerError(f"could not write checkpoint '{path}' ({reason}): is the disk full? {kept}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -37,12 +47,56 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load an nf_trainer checkpoint; one-line errors for unsafe, corrupt or foreign files."""
     path = resolve_checkpoint(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = _load(path)
     except pickle.UnpicklingError as exc:
-        raise NfTrainerError(f"refusing to load '{path}': not a plain nf_trainer checkpoint ({str(exc).splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        others = sorted(p.name for p in path.parent.glob("*.pt") if p != path)
-        hint = f"; other checkpoints there: {', '.join(others)}" if others else ""
-        raise NfTrainerError(f"checkpoint '{path}' is corrupt or truncated ({str(exc).splitlines()[0]}){hint}") from exc
+        if "weights only" in str(exc).lower():  # the file asks to import and call something: never run it
+            blocked = next((line for line in str(exc).splitlines() if "GLOBAL" in line), _first_line(exc))
+            raise NfTrainerError(f"refusing to load '{path}': it is not a plain checkpoint and would run code "
+                                 f"({blocked.strip()})") from exc
+        raise NfTrainerError(_corrupt_message(path, exc)) from exc
+    except Exception as exc:  # truncated zip, garbage bytes, empty file, unreadable
+        raise NfTrainerError(_corrupt_message(path, exc)) from exc
+    missing = [key for key in REQUIRED_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise NfTrainerError(f"'{path}' is not an nf_trainer checkpoint (no {', '.join(missing)}): resume= takes "
+                             f"a last.pt or best-*.pt that nf_trainer wrote")
+    return ckpt
+
+
+def last_good_checkpoint(folder: Path, exclude: Path | None = None) -> tuple[Path, dict] | None:
+    """The intact checkpoint in `folder` that got furthest (epoch, then step), or None."""
+    best = None
+    for candidate in sorted(Path(folder).glob("*.pt")):
+        if exclude is not None and candidate == exclude:
+            continue
+        try:
+            ckpt = _load(candidate)
+        except Exception:
+            continue
+        if isinstance(ckpt, dict) and all(key in ckpt for key in REQUIRED_KEYS):
+            if best is None or (ckpt["epoch"], ckpt["global_step"]) > (best[1]["epoch"], best[1]["global_step"]):
+                best = (candidate, ckpt)
+    return best
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _corrupt_message(path: Path, exc: BaseException) -> str:
+    good = last_good_checkpoint(path.parent, exclude=path)
+    if good is None:
+        hint = "no intact checkpoint beside it"
+    else:
+        hint = f"the last good one is '{good[0]}' (epoch {good[1]['epoch']}): resume={good[0]}"
+    reason = _first_line(exc) if isinstance(exc, (RuntimeError, OSError)) else "unreadable data"
+    return f"checkpoint '{path}' is corrupt or truncated ({reason or type(exc).__name__}); {hint}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an error message (torch's are paragraphs)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0][:200] if text else ""

@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from nf_trainer.trainer.checkpoint import save_checkpoint
 from nf_trainer.trainer.distributed import rank0_decides, sum_across_ranks, unwrap
+from nf_trainer.trainer.guard import NonFiniteGuard
+from nf_trainer.trainer.signals import StopRequest
 from nf_trainer.trainer.watch import MetricWatcher
 
 log = logging.getLogger("nf_trainer")
@@ -48,13 +50,19 @@ class Job:
     extra_state: dict = field(default_factory=dict)  # classes, config, ...: stored in every checkpoint
     train_sampler: object | None = None  # a DistributedSampler under torchrun (set_epoch each epoch)
     is_main: bool = True  # rank 0 (or the only process): the one that writes checkpoints
+    checkpoint_every_n_steps: int = 0  # also write last.pt mid-epoch every N steps (0: at epoch ends only)
+    stop: StopRequest = field(default_factory=StopRequest)  # set by Ctrl-C / SIGTERM
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # NaN/Inf loss: stop or skip
     epoch: int = 0  # epochs completed
     global_step: int = 0
+    step_in_epoch: int = 0  # batches done in the current epoch
+    resume_partial: dict | None = None  # a mid-epoch checkpoint's sums and random state, until replayed
 
 
 def fit(job: Job, tracker) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for epoch in range(job.epoch, job.max_epochs):
+        job.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
         started = time.perf_counter()
         metrics = {"lr": job.optimizer.param_groups[0]["lr"]}
         job.train_generator.manual_seed(job.seed + epoch)
@@ -66,7 +74,7 @@ def fit(job: Job, tracker) -> dict[str, float]:
                                                           job.device, job.limit_eval_batches))
         if job.scheduler is not None:
             job.scheduler.step()
-        job.epoch = epoch + 1
+        job.epoch, job.step_in_epoch = epoch + 1, 0
 
         tracker.log_metrics(metrics, step=job.epoch)
         log.info("epoch %d/%d  %s  (%.1fs)", job.epoch, job.max_epochs, _summary(metrics), time.perf_counter() - started)
@@ -93,25 +101,37 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
     model.train()
     job.train_metrics.reset()
     loss_sum, seen = torch.zeros((), device=device), 0
-    batches = _limited(job.train_loader, job.limit_train_batches)
-    bar = tqdm(batches, total=_length(job.train_loader, job.limit_train_batches), desc=f"epoch {epoch + 1}/{job.max_epochs}",
-               leave=False, dynamic_ncols=True, disable=None if job.progress_bar else True)
+    batches = iter(_limited(job.train_loader, job.limit_train_batches))
+    if job.step_in_epoch:  # resumed from a mid-epoch checkpoint
+        loss_sum, seen = _fast_forward(job, batches)
+    bar = tqdm(batches, total=_length(job.train_loader, job.limit_train_batches), initial=job.step_in_epoch,
+               desc=f"epoch {epoch + 1}/{job.max_epochs}", leave=False, dynamic_ncols=True,
+               disable=None if job.progress_bar else True)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         logits = model(images)
         loss = job.loss_fn(logits, targets)
-        job.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        job.optimizer.step()
-
         job.global_step += 1
-        loss_sum += loss.detach() * targets.shape[0]
-        seen += targets.shape[0]
-        job.train_metrics.update(logits.detach(), targets)
+        job.step_in_epoch += 1
+        if job.guard.keep(loss, epoch, job.global_step):  # False only for a NaN/Inf loss with trainer.nonfinite=skip
+            job.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            job.optimizer.step()
+            loss_sum += loss.detach() * targets.shape[0]
+            seen += targets.shape[0]
+            job.train_metrics.update(logits.detach(), targets)
+
         if job.log_every_n_steps and job.global_step % job.log_every_n_steps == 0:
+            job.guard.check(epoch)  # this step syncs anyway: stop early on a NaN/Inf loss
             step_loss = loss.item()  # the one sync, on logging steps only
             tracker.log_step_metrics({"train/step_loss": step_loss}, step=job.global_step)
             bar.set_postfix(loss=f"{step_loss:.4f}")
+        if job.stop.requested or (job.checkpoint_every_n_steps and job.global_step % job.checkpoint_every_n_steps == 0):
+            job.guard.check(epoch)  # never save NaN weights over good ones
+            if job.is_main:
+                save_checkpoint(checkpoint_payload(job, {}, _partial_epoch(job, loss_sum, seen)), job.out_dir / "last.pt")
+            job.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
+    job.guard.check(epoch)  # before anything of this epoch is evaluated or saved
     return _results(loss_sum, seen, job.train_metrics)
 
 
@@ -129,14 +149,16 @@ def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None) -> dic
     return _results(loss_sum, seen, metrics)
 
 
-def checkpoint_payload(job: Job, metrics: dict[str, float]) -> dict:
-    """Everything needed to continue exactly where this epoch ended."""
+def checkpoint_payload(job: Job, metrics: dict[str, float], partial_epoch: dict | None = None) -> dict:
+    """Everything needed to continue exactly from here: the end of an epoch, or a step inside one."""
     return {
         "model": unwrap(job.model).state_dict(),
         "optimizer": job.optimizer.state_dict(),
         "scheduler": job.scheduler.state_dict() if job.scheduler is not None else None,
         "epoch": job.epoch,
         "global_step": job.global_step,
+        "step_in_epoch": job.step_in_epoch,
+        "partial_epoch": partial_epoch,
         "best": {stem: w.state_dict() for stem, w in job.best.items()},
         "early_stop": job.early_stop.state_dict() if job.early_stop is not None else None,
         "rng": {
@@ -154,16 +176,41 @@ def restore(job: Job, ckpt: dict) -> None:
     job.optimizer.load_state_dict(ckpt["optimizer"])
     if job.scheduler is not None and ckpt.get("scheduler") is not None:
         job.scheduler.load_state_dict(ckpt["scheduler"])
-    job.epoch, job.global_step = ckpt["epoch"], ckpt["global_step"]
+    job.epoch, job.global_step, job.step_in_epoch = ckpt["epoch"], ckpt["global_step"], ckpt.get("step_in_epoch", 0)
+    if job.step_in_epoch:  # replayed by train_one_epoch, after it skipped the batches already done
+        job.resume_partial = {**ckpt["partial_epoch"], "rng": ckpt["rng"]}
     for stem, state in ckpt.get("best", {}).items():
         if stem in job.best:
             job.best[stem].load_state_dict(state)
     if job.early_stop is not None and ckpt.get("early_stop") is not None:
         job.early_stop.load_state_dict(ckpt["early_stop"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    random.setstate(ckpt["rng"]["python"])
+    _set_rng(ckpt["rng"])
+
+
+def _partial_epoch(job: Job, loss_sum, seen: int) -> dict:
+    """The running sums of the current epoch, for a mid-epoch checkpoint."""
+    job.train_metrics.persistent(True)  # torchmetrics leaves metric states out of state_dict() by default
+    return {"loss_sum": loss_sum, "seen": seen, "train_metrics": job.train_metrics.state_dict()}
+
+
+def _fast_forward(job: Job, batches) -> tuple[torch.Tensor, int]:
+    """Resume inside an epoch: skip the batches it already trained on (the order depends only on seed and
+    epoch), then put back the running sums and the random state of that moment."""
+    for _ in range(job.step_in_epoch):
+        next(batches, None)  # loads the batch (and draws its augmentation): the random state is set after
+    partial, job.resume_partial = job.resume_partial, None
+    job.train_metrics.persistent(True)
+    job.train_metrics.load_state_dict(partial["train_metrics"])
+    job.train_metrics.to(job.device)  # the loaded states are on the CPU (map_location)
+    _set_rng(partial["rng"])
+    return partial["loss_sum"].to(job.device), partial["seen"]
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
 
 
 def _limited(loader, limit):

@@ -1,0 +1,54 @@
+"""Deliberately faulty parts for the reliability tests, plugged in with `_target_` overrides exactly as a
+user's own model or dataset would be (`model._target_=tests.bad_parts.FaultyCNN`)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from nf_trainer.dataset.digits import digits
+from nf_trainer.model.simple_cnn import SimpleCNN
+
+
+class FaultyCNN(SimpleCNN):
+    """SimpleCNN whose training forward passes go wrong at chosen steps (1-based, counted in this process):
+    `nan_at` returns NaN logits, `crash_at` raises RuntimeError."""
+
+    def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, **kwargs):
+        super().__init__(num_classes, in_channels, **kwargs)
+        self.nan_at, self.crash_at, self.steps = set(nan_at), crash_at, 0
+
+    def forward(self, x):
+        logits = super().forward(x)
+        if not self.training:
+            return logits
+        self.steps += 1
+        if self.steps == self.crash_at:
+            raise RuntimeError(f"simulated crash in forward at training step {self.steps}")
+        return logits * float("nan") if self.steps in self.nan_at else logits
+
+
+def digits_shifted_labels(train_transform=None, eval_transform=None, **kwargs):
+    """The digits set with every label + 1: label 10 does not exist among its 10 classes."""
+    data = digits(train_transform=train_transform, eval_transform=eval_transform, **kwargs)
+    data.train.labels = data.train.labels + 1
+    return data
+
+
+class _Slow(torch.utils.data.Dataset):
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds = inner, seconds
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        time.sleep(self.seconds)
+        return self.inner[index]
+
+
+def slow_digits(seconds: float = 0.2, train_transform=None, eval_transform=None, **kwargs):
+    """The digits set with a sleep per training sample: a step slow enough to interrupt in its middle."""
+    data = digits(train_transform=train_transform, eval_transform=eval_transform, **kwargs)
+    data.train = _Slow(data.train, seconds)
+    return data

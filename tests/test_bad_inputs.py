@@ -1,0 +1,167 @@
+"""The bad-input catalogue: each bad input gets a clear one-line message and exit code 1, and loses nothing.
+
+All cases run the real main.py against one output root that already holds an earlier, finished run; after
+each case that run and its checkpoints are unchanged and no run in the store is left RUNNING.
+
+To add a case, append a `Case` to CASES. Still to add once their features are merged: missing data folder,
+empty class folder, corrupt image, zero-byte image, CSV without the path column (the image_folder / csv
+datasets), unreachable tracking server (the tracking work).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import resource
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from tests.conftest import MAIN, run_main, runs
+
+FAST = ("debug=fast", "trainer.progress_bar=false")
+
+
+def drop_root_file_override() -> None:
+    """Root ignores permission bits; without CAP_DAC_OVERRIDE/READ_SEARCH/FOWNER a read-only folder is read-only."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2, 3):
+        libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP: gone from the bounding set, hence after exec
+
+
+def limit_file_size() -> None:
+    """A 'disk' that takes no file over 3 MB: the MLflow store fits, a width-96 model's checkpoint does not."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, 3_000_000))
+
+
+@dataclass
+class Case:
+    id: str
+    args: tuple[str, ...]  # '{earlier}': the earlier run's folder, '{tmp}': a scratch folder, '{out}': the root
+    message: str  # expected in the last line of stderr (the line before may say which job failed)
+    preexec: Callable | None = None
+    setup: Callable[[Path, Path, Path], None] | None = None  # (out, earlier run folder, tmp)
+    new_run_failed: bool = False  # the case gets as far as an MLflow run, which must then be FAILED
+    check: Callable | None = None  # more checks on that failed run
+
+
+def last_good_checkpoint_kept(run) -> None:
+    """The NaN appeared in epoch 2: last.pt is still the end of epoch 1, with finite weights."""
+    last = Path(run.data.tags["output_dir"]) / "last.pt"
+    kept = torch.load(last, weights_only=True)
+    assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert f"({last} is kept)" in run.data.tags["error"]
+
+
+def make_read_only(out: Path, earlier: Path, tmp: Path) -> None:
+    out.chmod(0o555)
+
+
+def corrupt_copy(out: Path, earlier: Path, tmp: Path) -> None:
+    shutil.copytree(earlier, tmp / "copy", ignore=shutil.ignore_patterns(".hydra", "*.log", "*.yaml"))
+    last = tmp / "copy" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a truncated copy
+
+
+CASES = [
+    Case("typo_key", ("trainer.max_epoch=3",), "Could not override 'trainer.max_epoch'. To append to your config use "
+         "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'"),
+    Case("unknown_group_option", ("optimizer=adamm",),
+         "Could not find 'optimizer/adamm'. Available options in 'optimizer': adam, adamw, rmsprop, sgd"),
+    Case("wrong_type", ("loader.batch_size=abc",),
+         "Error merging override loader.batch_size=abc. Value 'abc' of type 'str' could not be converted to Integer"),
+    Case("negative_epochs", ("trainer.max_epochs=-1",), "trainer.max_epochs must be >= 1, got -1"),
+    Case("negative_lr", ("optimizer.lr=-0.1",), "optimizer.lr must be >= 0, got -0.1"),
+    Case("zero_batch_size", ("loader.batch_size=0",), "loader.batch_size must be >= 1, got 0"),
+    Case("val_fraction_out_of_range", ("dataset.val_fraction=1.5",),
+         "dataset.val_fraction must be between 0 and 1 (exclusive), got 1.5"),
+    Case("read_only_output_dir", FAST,
+         "cannot write to '{out}': Permission denied; make it writable or choose another folder with paths.output_root=DIR",
+         preexec=drop_root_file_override, setup=make_read_only),
+    Case("label_out_of_range", (*FAST, "dataset._target_=tests.bad_parts.digits_shifted_labels"),
+         "the train set has label 10, outside 0..9 for its 10 classes"),
+    Case("num_classes_mismatch", (*FAST, "model.num_classes=5"),
+         "model.num_classes=5 but the data has 10 classes: set model.num_classes=null"),
+    Case("nan_loss", (*FAST, "trainer.max_epochs=3", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[4]"),
+         "non-finite training loss (NaN or Inf) at epoch 2, step 4: stopped before saving", new_run_failed=True,
+         check=last_good_checkpoint_kept),
+    Case("disk_full_while_checkpointing", (*FAST, "model.width=96"),
+         "(File too large): is the disk full?", preexec=limit_file_size, new_run_failed=True),
+    Case("resume_missing_checkpoint", (*FAST, "resume={tmp}/nowhere/last.pt"),
+         "no checkpoint at '{tmp}/nowhere/last.pt': give resume= a .pt file or a run's output dir"),
+    Case("resume_corrupt_checkpoint", (*FAST, "resume={tmp}/copy"),
+         "checkpoint '{tmp}/copy/last.pt' is corrupt or truncated (PytorchStreamReader failed reading zip archive: "
+         "failed finding central directory); the last good one is '{tmp}/copy/best-f1.pt' (epoch 1)",
+         setup=corrupt_copy),
+    Case("checkpoint_of_another_model", (*FAST, "model=efficientnet_b0", "resume={earlier}/last.pt"),
+         "does not fit this model (was it trained with another model=?)"),
+]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One output root with an earlier finished run in it."""
+    out = tmp_path_factory.mktemp("catalogue") / "outputs"
+    out.mkdir()
+    run_main(*FAST, out=out)
+    (earlier,) = runs(out)
+    folder = Path(earlier.data.tags["output_dir"])
+    return out, earlier, folder, digest(folder)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, store, tmp_path):
+    out, earlier, folder, checkpoints = store
+    fill = lambda text: text.format(earlier=folder, tmp=tmp_path, out=out)
+    before = {r.info.run_id for r in runs(out)}
+    if case.setup is not None:
+        case.setup(out, folder, tmp_path)
+    try:
+        result = run_main(*map(fill, case.args), out=out, check=False, preexec_fn=case.preexec)
+    finally:
+        out.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last_line = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert fill(case.message) in last_line
+
+    # nothing earlier lost, nothing left RUNNING
+    assert digest(folder) == checkpoints
+    found = {r.info.run_id: r for r in runs(out)}
+    assert found[earlier.info.run_id].info.status == "FINISHED"
+    assert found[earlier.info.run_id].data.metrics == earlier.data.metrics
+    assert all(r.info.status != "RUNNING" for r in found.values())
+    new = [r for run_id, r in found.items() if run_id not in before]
+    if case.new_run_failed:
+        (run,) = new
+        assert run.info.status == "FAILED" and fill(case.message) in run.data.tags["error"]
+        if case.check is not None:
+            case.check(run)
+    else:
+        assert new == []
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=0", "trainer.epochs=3", "optimizer.lr=-1"])
+def test_config_errors_come_before_any_heavy_import(override, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {str(MAIN.parent)!r})\n"  # this checkout's package, as `python main.py` gets it
+        f"sys.argv = [{str(MAIN)!r}, {override!r}, 'paths.output_root={tmp_path}']\n"
+        "try:\n"
+        f"    runpy.run_path({str(MAIN)!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('EXIT:', exc.code, file=sys.stderr)\n"
+        "print('HEAVY:', sorted(m for m in ('torch', 'mlflow', 'torchmetrics', 'torchvision') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "HEAVY: []" in result.stdout and "EXIT:" in result.stderr, result.stderr[-2000:]
