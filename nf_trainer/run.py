@@ -21,7 +21,9 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     import torch
 
+    from nf_trainer.dataset.inputs import record_data
     from nf_trainer.tracking import Tracker, flatten, git_info
+    from nf_trainer.transforms import build_batch_transform
     from nf_trainer.trainer import engine
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -43,7 +45,8 @@ def run(cfg: DictConfig) -> float | None:
     train_metrics = build_metrics(cfg.metrics, data.num_classes, device)
 
     eval_sets = list(data.eval)
-    known = {f"val/{name}/{m}" for name in eval_sets for m in ["loss", *cfg.metrics]}
+    watched = eval_sets + (["avg"] if len(eval_sets) > 1 else [])  # val/avg/<metric>: the mean over eval sets
+    known = {f"val/{name}/{m}" for name in watched for m in ["loss", *cfg.metrics]}
     known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
     job = engine.Job(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
@@ -57,6 +60,7 @@ def run(cfg: DictConfig) -> float | None:
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
         extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
+        batch_transform=build_batch_transform(cfg.transforms, data.num_classes),
     )
 
     tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
@@ -79,6 +83,7 @@ def run(cfg: DictConfig) -> float | None:
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
+        record_data(tracker, data, out_dir)  # dataset inputs, data/bad_files count and list
         metrics = engine.fit(job, tracker)
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
@@ -121,6 +126,8 @@ def build_data(cfg: DictConfig, device):
     import torch
     from torch.utils.data import DataLoader
 
+    from nf_trainer.dataset.files import collate_valid
+    from nf_trainer.dataset.splits import class_balanced_sampler
     from nf_trainer.transforms import build_transforms
 
     train_tf, eval_tf = build_transforms(cfg.transforms)
@@ -131,10 +138,12 @@ def build_data(cfg: DictConfig, device):
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
+        collate_fn=collate_valid,  # drops a sample whose file failed to decode
     )
     generator = torch.Generator()
-    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle, drop_last=lc.drop_last,
-                                   generator=generator, **common)}
+    sampler = class_balanced_sampler(data.train, data.num_classes, generator) if lc.class_balanced else None
+    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
+                                   sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
     for name, dataset in data.eval.items():
         loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False, **common)
     return data, loaders, generator

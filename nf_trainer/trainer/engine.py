@@ -45,6 +45,7 @@ class Job:
     early_stop: MetricWatcher | None
     patience: int
     extra_state: dict = field(default_factory=dict)  # classes, config, ...: stored in every checkpoint
+    batch_transform: object | None = None  # MixUp/CutMix on train batches: soft targets for the loss
     epoch: int = 0  # epochs completed
     global_step: int = 0
 
@@ -56,9 +57,12 @@ def fit(job: Job, tracker) -> dict[str, float]:
         metrics = {"lr": job.optimizer.param_groups[0]["lr"]}
         job.train_generator.manual_seed(job.seed + epoch)
         metrics |= _prefixed("train", train_one_epoch(job, tracker, epoch))
-        for name, loader in job.eval_loaders.items():
-            metrics |= _prefixed(f"val/{name}", evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name],
-                                                          job.device, job.limit_eval_batches))
+        per_set = {name: evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name], job.device,
+                                  job.limit_eval_batches) for name, loader in job.eval_loaders.items()}
+        for name, values in per_set.items():
+            metrics |= _prefixed(f"val/{name}", values)
+        if len(per_set) > 1:  # each eval set weighs the same, whatever its size
+            metrics |= _prefixed("val/avg", {k: sum(v[k] for v in per_set.values()) / len(per_set) for k in values})
         if job.scheduler is not None:
             job.scheduler.step()
         job.epoch = epoch + 1
@@ -92,8 +96,9 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
                leave=False, dynamic_ncols=True, disable=None if job.progress_bar else True)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss = job.loss_fn(logits, targets)
+        inputs, loss_targets = job.batch_transform(images, targets) if job.batch_transform else (images, targets)
+        logits = model(inputs)
+        loss = job.loss_fn(logits, loss_targets)
         job.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         job.optimizer.step()
