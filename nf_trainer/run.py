@@ -132,6 +132,8 @@ def build_data(cfg: DictConfig, device):
 
     train_tf, eval_tf = build_transforms(cfg.transforms)
     data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
+    if len(data.train) == 0:
+        raise NfTrainerError("the dataset has no train images: check dataset.root, dataset.train_csv, dataset.val_fraction")
     lc = cfg.loader
     common = dict(
         num_workers=lc.num_workers,

@@ -62,7 +62,8 @@ def fit(job: Job, tracker) -> dict[str, float]:
         for name, values in per_set.items():
             metrics |= _prefixed(f"val/{name}", values)
         if len(per_set) > 1:  # each eval set weighs the same, whatever its size
-            metrics |= _prefixed("val/avg", {k: sum(v[k] for v in per_set.values()) / len(per_set) for k in values})
+            keys = next(iter(per_set.values()))
+            metrics |= _prefixed("val/avg", {k: sum(v[k] for v in per_set.values()) / len(per_set) for k in keys})
         if job.scheduler is not None:
             job.scheduler.step()
         job.epoch = epoch + 1
