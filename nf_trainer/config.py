@@ -52,6 +52,7 @@ class LoaderConf:
     prefetch_factor: Optional[int] = None
     drop_last: bool = False
     shuffle: bool = True  # the train set; debug=overfit turns it off
+    class_balanced: bool = False  # draw train samples so every class comes up equally often (imbalanced sets)
 
 
 @dataclass

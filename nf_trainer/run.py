@@ -21,9 +21,11 @@ def run(cfg: DictConfig) -> float | None:
     validate(cfg)
     import torch
 
+    from nf_trainer.dataset.inputs import record_data
     from nf_trainer.failure import tracked_outcome
     from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
     from nf_trainer.trainer import distributed, engine
+    from nf_trainer.transforms import build_batch_transform
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
     from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
     from nf_trainer.trainer.signals import StopRequest
@@ -55,7 +57,8 @@ def run(cfg: DictConfig) -> float | None:
     train_metrics = build_metrics(cfg.metrics, data.num_classes, device)
 
     eval_sets = list(data.eval)
-    known = {f"val/{name}/{m}" for name in eval_sets for m in ["loss", *cfg.metrics]}
+    watched = eval_sets + (["avg"] if len(eval_sets) > 1 else [])  # val/avg/<metric>: the mean over eval sets
+    known = {f"val/{name}/{m}" for name in watched for m in ["loss", *cfg.metrics]}
     known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
     job = engine.Job(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
@@ -72,6 +75,7 @@ def run(cfg: DictConfig) -> float | None:
         extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
         checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
+        batch_transform=build_batch_transform(cfg.transforms, data.num_classes),
     )
     if ckpt is not None:  # before the MLflow run reopens: a checkpoint that does not fit leaves it untouched
         try:
@@ -101,6 +105,8 @@ def run(cfg: DictConfig) -> float | None:
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
+        if ddp.is_main:
+            record_data(tracker, data, out_dir)  # dataset inputs, data/bad_files count and list
         metrics = engine.fit(job, tracker)
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
@@ -139,16 +145,21 @@ def build_data(cfg: DictConfig, device, ddp=None):
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
 
+    from nf_trainer.dataset.files import collate_valid
+    from nf_trainer.dataset.splits import class_balanced_sampler
     from nf_trainer.transforms import build_transforms
 
     train_tf, eval_tf = build_transforms(cfg.transforms)
     data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
+    if len(data.train) == 0:
+        raise NfTrainerError("the dataset has no train images: check dataset.root, dataset.train_csv, dataset.val_fraction")
     lc = cfg.loader
     common = dict(
         num_workers=lc.num_workers,
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
+        collate_fn=collate_valid,  # drops a sample whose file failed to decode
     )
     generator = torch.Generator()
 
@@ -157,9 +168,11 @@ def build_data(cfg: DictConfig, device, ddp=None):
             return None
         return DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=shuffle, seed=cfg.seed, drop_last=lc.drop_last)
 
-    train_sampler = shard(data.train, lc.shuffle)
-    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle and train_sampler is None,
-                                   sampler=train_sampler, drop_last=lc.drop_last, generator=generator, **common)}
+    if lc.class_balanced and ddp is not None and ddp.enabled:
+        raise NfTrainerError("loader.class_balanced is not supported under torchrun yet: drop it or run in one process")
+    sampler = class_balanced_sampler(data.train, data.num_classes, generator) if lc.class_balanced else shard(data.train, lc.shuffle)
+    loaders = {"train": DataLoader(data.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
+                                   sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
     for name, dataset in data.eval.items():
         loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
                                    sampler=shard(dataset, False), **common)

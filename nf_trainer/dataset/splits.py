@@ -1,11 +1,13 @@
-"""What every dataset builder returns, and an in-memory image dataset."""
+"""What every dataset builder returns, an in-memory image dataset, and helpers the builders share."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
+
+from nf_trainer.errors import NfTrainerError
 
 
 @dataclass
@@ -15,6 +17,7 @@ class DataSplits:
     classes: list[str]  # index -> class name
     in_channels: int
     image_size: int
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): skipped before training
 
     @property
     def num_classes(self) -> int:
@@ -22,10 +25,18 @@ class DataSplits:
 
 
 class TensorImageDataset(Dataset):
-    """Images held in memory as a float tensor (N, C, H, W) in [0, 1], with per-sample transforms."""
+    """Images held in memory as a tensor (N, C, H, W): float in [0, 1] or uint8, with per-sample transforms.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None):
+    `name` and `source` say what the data is (recorded as the MLflow dataset input)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None,
+                 name: str = "tensors", source: str = ""):
         self.images, self.labels, self.transform = images, labels, transform
+        self.name, self.source = name, source
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.labels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,3 +46,56 @@ class TensorImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
+
+
+def stratified_split(labels, val_fraction: float | None, seed: int, where: str) -> tuple[list[int], list[int]]:
+    """Indices (train, val) keeping each class's share; the same labels and seed give the same split.
+
+    val_fraction None: no split, everything is val (an eval-only member of dataset=multi)."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(labels)))
+    if val_fraction is None:
+        return [], indices
+    try:
+        train_idx, val_idx = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=list(labels))
+    except ValueError as exc:  # a class with a single image, or fewer val images than classes
+        raise NfTrainerError(f"cannot split {where} into train/val by val_fraction={val_fraction} keeping class "
+                             f"balance: {exc}. Add images, change val_fraction, or give a separate val set") from exc
+    return list(train_idx), list(val_idx)
+
+
+def targets_of(dataset: Dataset) -> torch.Tensor:
+    """The class index of every sample, without loading any image."""
+    if isinstance(dataset, ConcatDataset):
+        return torch.cat([targets_of(part) for part in dataset.datasets])
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise NfTrainerError(f"{type(dataset).__name__} has no .targets: loader.class_balanced needs the labels "
+                             "of the train set")
+    return torch.as_tensor(targets, dtype=torch.long)
+
+
+def class_balanced_sampler(dataset: Dataset, num_classes: int, generator: torch.Generator):
+    """Draws len(dataset) samples with replacement, each weighing 1 / its class's count: classes come up equally often."""
+    from torch.utils.data import WeightedRandomSampler
+
+    targets = targets_of(dataset)
+    weights = 1.0 / torch.bincount(targets, minlength=num_classes).clamp(min=1)[targets]
+    return WeightedRandomSampler(weights.double(), len(targets), generator=generator)
+
+
+def probe_shape(dataset: Dataset, where: str) -> tuple[int, int]:
+    """(channels, height) of a sample as the model will see it: the first one that loads."""
+    for index in range(min(len(dataset), 20)):
+        try:
+            sample = dataset[index]
+        except NfTrainerError:
+            raise
+        except Exception as exc:  # the transforms do not fit this data
+            raise NfTrainerError(f"the transforms fail on {where}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                                 ) from exc
+        if sample is not None:
+            image = sample[0]
+            return int(image.shape[-3]), int(image.shape[-2])
+    raise NfTrainerError(f"{where}: no readable image among the first samples")

@@ -53,6 +53,7 @@ class Job:
     checkpoint_every_n_steps: int = 0  # also write last.pt mid-epoch every N steps (0: at epoch ends only)
     stop: StopRequest = field(default_factory=StopRequest)  # set by Ctrl-C / SIGTERM
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # NaN/Inf loss: stop or skip
+    batch_transform: object | None = None  # MixUp/CutMix on train batches: soft targets for the loss
     epoch: int = 0  # epochs completed
     global_step: int = 0
     step_in_epoch: int = 0  # batches done in the current epoch
@@ -69,9 +70,13 @@ def fit(job: Job, tracker) -> dict[str, float]:
         if job.train_sampler is not None:
             job.train_sampler.set_epoch(epoch)
         metrics |= _prefixed("train", train_one_epoch(job, tracker, epoch))
-        for name, loader in job.eval_loaders.items():
-            metrics |= _prefixed(f"val/{name}", evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name],
-                                                          job.device, job.limit_eval_batches))
+        per_set = {name: evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name], job.device,
+                                  job.limit_eval_batches) for name, loader in job.eval_loaders.items()}
+        for name, values in per_set.items():
+            metrics |= _prefixed(f"val/{name}", values)
+        if len(per_set) > 1:  # each eval set weighs the same, whatever its size
+            keys = next(iter(per_set.values()))
+            metrics |= _prefixed("val/avg", {k: sum(v[k] for v in per_set.values()) / len(per_set) for k in keys})
         if job.scheduler is not None:
             job.scheduler.step()
         job.epoch, job.step_in_epoch = epoch + 1, 0
@@ -109,8 +114,9 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
                disable=None if job.progress_bar else True)
     for images, targets in bar:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss = job.loss_fn(logits, targets)
+        inputs, loss_targets = job.batch_transform(images, targets) if job.batch_transform else (images, targets)
+        logits = model(inputs)
+        loss = job.loss_fn(logits, loss_targets)
         job.global_step += 1
         job.step_in_epoch += 1
         if job.guard.keep(loss, epoch, job.global_step):  # False only for a NaN/Inf loss with trainer.nonfinite=skip

@@ -9,8 +9,8 @@ LOSS_LIKE = ("loss", "error", "calibration")
 
 
 def resolve_key(name: str, eval_sets: list[str], known: set[str]) -> str:
-    """'f1' -> 'val/<first eval set>/f1'; full keys ('val/digits/f1', 'train/loss') pass through."""
-    key = name if "/" in name else f"val/{eval_sets[0]}/{name}"
+    """'f1' -> 'val/<first eval set>/f1'; 'avg/f1' -> 'val/avg/f1'; full keys ('val/digits/f1', 'train/loss') pass through."""
+    key = name if name.startswith(("train/", "val/")) else f"val/{name}" if "/" in name else f"val/{eval_sets[0]}/{name}"
     if key not in known:
         raise NfTrainerError(f"unknown metric '{name}': choose one of {', '.join(sorted(known))}")
     return key

@@ -1,7 +1,11 @@
-"""Transform pipelines: a list of torchvision.transforms.v2 `_target_` nodes per split."""
+"""Transform pipelines: a list of torchvision.transforms.v2 `_target_` nodes per split, plus MixUp/CutMix.
+
+A null entry in a list is an empty slot (`- ${transforms.augment}` while no transforms/augment option is
+chosen); `dtype: float32` names a torch dtype.
+"""
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def build_pipeline(nodes) -> "object | None":
@@ -9,11 +13,43 @@ def build_pipeline(nodes) -> "object | None":
 
     from nf_trainer.instantiate import create_instance
 
-    if not nodes:
-        return None
-    return v2.Compose([create_instance(node, v2) for node in nodes])
+    nodes = OmegaConf.to_container(nodes, resolve=True) if OmegaConf.is_config(nodes) else list(nodes or [])
+    transforms = [create_instance(_with_dtype(node), v2) for node in nodes if node is not None]
+    return v2.Compose(transforms) if transforms else None
 
 
 def build_transforms(cfg: DictConfig):
     """(train, eval) pipelines from the `transforms` node."""
     return build_pipeline(cfg.get("train")), build_pipeline(cfg.get("eval"))
+
+
+def build_batch_transform(cfg: DictConfig, num_classes: int):
+    """MixUp and/or CutMix over whole train batches (transforms.mixup_alpha / cutmix_alpha > 0), or None.
+
+    With both, each batch gets one of them at random, as torchvision's reference recipes do. Targets
+    become soft (class probabilities); the loss takes them as they are."""
+    from torchvision.transforms import v2
+
+    chosen = []
+    if cfg.get("mixup_alpha", 0.0) > 0:
+        chosen.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
+    if cfg.get("cutmix_alpha", 0.0) > 0:
+        chosen.append(v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes))
+    if not chosen:
+        return None
+    return chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)
+
+
+def resize_center_crop(size: int, crop_fraction: float = 0.875):
+    """The usual eval view: resize the short side to size / crop_fraction, then crop the centre size x size."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(round(size / crop_fraction)), v2.CenterCrop(size)])
+
+
+def _with_dtype(node):
+    if isinstance(node, dict) and isinstance(node.get("dtype"), str):
+        import torch
+
+        return {**node, "dtype": getattr(torch, node["dtype"])}
+    return node

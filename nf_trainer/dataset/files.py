@@ -1,0 +1,135 @@
+"""Datasets of image files listed as (path, class index): what `image_folder` and `csv` build.
+
+Bad files are found before training by a check over every file (`dataset.check`): skipped with a
+warning or a one-line error (`dataset.on_bad_file`). A file that passes the quick check but still
+fails to decode (corruption in the middle of the data) is dropped from its batch with a warning
+(`skip`) instead of crashing the epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from nf_trainer.dataset.images import check_image_file, check_mode, describe_error, load_image
+from nf_trainer.dataset.splits import DataSplits, probe_shape
+from nf_trainer.errors import NfTrainerError
+
+log = logging.getLogger("nf_trainer")
+
+ON_BAD_FILE = ("skip", "fail")
+CHECKS = ("quick", "full", "none")
+
+Samples = list[tuple[str, int]]
+
+
+class ImageFileDataset(Dataset):
+    """Samples (path, class index) decoded by `load_image` into uint8 tensors, then transformed."""
+
+    def __init__(self, samples: Samples, transform=None, mode: str = "RGB", on_bad_file: str = "skip",
+                 name: str = "images", source: str = "", root: str = ""):
+        self.samples, self.transform, self.mode, self.on_bad_file = samples, transform, mode, on_bad_file
+        self.name, self.source, self.root = name, source, root
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = load_image(path, self.mode)
+        except Exception as exc:  # any decoder error: the file is bad, not the code
+            if self.on_bad_file == "fail":
+                raise NfTrainerError(f"cannot decode {path}: {describe_error(exc)} (dataset.check=full finds such "
+                                     "files before training; dataset.on_bad_file=skip drops them)") from exc
+            log.warning("skipping %s: %s (dataset.check=full finds such files before training)", path, describe_error(exc))
+            return None  # collate_valid drops it from the batch
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+    def digest(self) -> str:
+        """Changes when a file is added, removed, relabelled or changes size."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            rel = os.path.relpath(path, self.root) if self.root else path
+            size = os.path.getsize(path) if os.path.exists(path) else -1
+            h.update(f"{rel}\t{label}\t{size}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def collate_valid(batch):
+    """default_collate over the samples that loaded (an unreadable file gives None)."""
+    from torch.utils.data import default_collate
+
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        raise NfTrainerError("no image of a batch could be decoded; run with dataset.check=full to find the bad "
+                             "files before training")
+    try:
+        return default_collate(kept)
+    except RuntimeError as exc:
+        if "stack expects each tensor to be equal size" not in str(exc):
+            raise
+        raise NfTrainerError(f"images of different sizes in one batch ({' '.join(str(exc).split())}): the transforms "
+                             "must resize, e.g. transforms=imagenet transforms.image_size=224") from exc
+
+
+def check_options(mode: str, on_bad_file: str, check: str) -> None:
+    check_mode(mode)
+    if on_bad_file not in ON_BAD_FILE:
+        raise NfTrainerError(f"dataset.on_bad_file must be skip or fail, not '{on_bad_file}'")
+    if check not in CHECKS:
+        raise NfTrainerError(f"dataset.check must be one of {', '.join(CHECKS)}, not '{check}'")
+
+
+def drop_bad_files(samples: Samples, check: str, on_bad_file: str, mode: str, where: str
+                   ) -> tuple[Samples, list[tuple[str, str]]]:
+    """(good samples, [(path, reason)]) after checking every file; `fail` raises on the first bad ones."""
+    if check == "none" or not samples:
+        return samples, []
+    full = check == "full"
+    workers = min(32, (os.cpu_count() or 1) * (1 if full else 4))  # the quick check waits on the disk, not the CPU
+    with ThreadPoolExecutor(workers) as pool:
+        reasons = list(pool.map(lambda s: check_image_file(s[0], mode, full), samples, chunksize=64))
+    bad = [(path, reason) for (path, _), reason in zip(samples, reasons) if reason is not None]
+    if bad and on_bad_file == "fail":
+        path, reason = bad[0]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NfTrainerError(f"bad image in {where}: {path}: {reason}{more}; fix or remove it, or set dataset.on_bad_file=skip")
+    for path, reason in bad:
+        log.warning("skipping %s: %s", path, reason)
+    if bad:
+        log.warning("%s: skipped %d bad file(s) of %d", where, len(bad), len(samples))
+    return [s for s, reason in zip(samples, reasons) if reason is None], bad
+
+
+def file_splits(train: Samples, val: Samples, classes: list[str], name: str, source: str, root: str,
+                mode: str, on_bad_file: str, check: str, train_transform, eval_transform) -> DataSplits:
+    """The DataSplits of a train and a val list of files, bad files checked, shapes probed."""
+    train, bad_train = drop_bad_files(train, check, on_bad_file, mode, f"{name} (train)")
+    val, bad_val = drop_bad_files(val, check, on_bad_file, mode, f"{name} (val)")
+    if not val:
+        raise NfTrainerError(f"{name}: no usable image in the val set ({source})")
+    common = dict(mode=mode, on_bad_file=on_bad_file, name=name, source=source, root=root)
+    val_set = ImageFileDataset(val, eval_transform, **common)
+    channels, size = probe_shape(val_set, name)
+    return DataSplits(train=ImageFileDataset(train, train_transform, **common), eval={name: val_set}, classes=classes,
+                      in_channels=channels, image_size=size, bad_files=bad_train + bad_val)
+
+
+def resolve_root(root, what: str) -> Path:
+    if root in (None, "", "???"):
+        raise NfTrainerError(f"{what}: dataset.root is not set; pass dataset.root=DIR")
+    path = Path(str(root)).expanduser().resolve()
+    if not path.is_dir():
+        raise NfTrainerError(f"{what}: dataset.root={root} is not a folder")
+    return path

@@ -1,0 +1,140 @@
+"""Reading image files: the one loader that training, evaluation and prediction share, and a cheap check.
+
+`load_image(path, mode)` returns a uint8 tensor (C, H, W), ready for torchvision.transforms.v2:
+torchvision's decoders for JPEG, WebP and GIF (faster than PIL, no PIL round trip), PIL for the rest
+(PNG, BMP, TIFF). Grayscale, palette, RGBA and 16-bit images come out in the requested mode: "RGB"
+(3 channels) or "L" (1 channel). EXIF orientation is applied, so photos come out as viewers show them.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+from nf_trainer.errors import NfTrainerError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CHANNELS = {"RGB": 3, "L": 1}  # dataset.mode -> channels
+# Not PNG: torchvision 0.29's PNG decoder kills the process (SIGSEGV) on damaged data (a libpng CRC or
+# zlib error); PIL raises a Python error for the same files.
+DECODED_BY_TORCHVISION = ("jpeg", "webp", "gif")
+
+# torchvision 0.29 marks its decoders deprecated in favour of torchcodec; they are what this project
+# pins (<0.30). load_image is the one place to change when moving on.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
+
+def check_mode(mode: str) -> int:
+    if mode not in CHANNELS:
+        raise NfTrainerError(f"image mode must be one of {', '.join(CHANNELS)}, not '{mode}' (dataset.mode)")
+    return CHANNELS[mode]
+
+
+def image_format(head: bytes) -> str | None:
+    """The format a file's first bytes announce, or None when they announce no image format we read."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    return None
+
+
+def load_image(path, mode: str = "RGB"):
+    """The image at `path` as a uint8 tensor (C, H, W) in `mode`. Raises on a file that does not decode."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    channels = check_mode(mode)
+    with open(path, "rb") as f:
+        fmt = image_format(f.read(12))
+    if fmt in DECODED_BY_TORCHVISION:
+        data = read_file(str(path))
+        # WebP and GIF decoders ignore GRAY (and warn): read them as RGB, convert below
+        read_mode = ImageReadMode.GRAY if channels == 1 and fmt == "jpeg" else ImageReadMode.RGB
+        image = decode_image(data, mode=read_mode, apply_exif_orientation=True)
+        if image.ndim == 4:  # an animated GIF: its first frame
+            image = image[0]
+        return to_channels(image, channels)
+    import numpy as np
+    from PIL import Image, ImageOps
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: PIL's convert would clip at 255, scale instead
+            im = Image.fromarray((np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8), "L")
+        return pil_to_tensor(im.convert(mode))
+
+
+def to_channels(image, channels: int):
+    """uint8 images (..., C, H, W) with C in 1-4 -> `channels` (1 or 3); alpha is dropped."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    have = image.shape[-3]
+    if have == channels:
+        return image
+    if channels == 1:
+        return rgb_to_grayscale(image[..., :3, :, :]) if have >= 3 else image[..., :1, :, :]
+    if have >= 3:
+        return image[..., :3, :, :]
+    return image[..., :1, :, :].expand(*image.shape[:-3], 3, *image.shape[-2:])
+
+
+def describe_error(exc: BaseException) -> str:
+    """A decoder's error in a few words: torchvision prefixes its messages with 'function, file:line, '."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "csrc" in text:
+        text = text.split(", ", 2)[-1]
+    return text[:200]
+
+
+def check_image_file(path, mode: str = "RGB", full: bool = False) -> str | None:
+    """None when the file is a whole image, else why not.
+
+    The quick check reads the size and a few bytes at each end: an empty file or an unknown signature
+    is bad; a file whose end marker is missing (cut short by a failed copy or download) is decoded to
+    decide, since JPEG and GIF may legally carry data after it (phones append motion-photo video).
+    `full` decodes every file, which also finds damage in the middle of the data.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as f:
+            head = f.read(32)
+            f.seek(max(0, size - 64))
+            tail = f.read()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    fmt = image_format(head)
+    if fmt is None:
+        return "not an image (unknown file signature)"
+    if full or not _ends_whole(fmt, head, tail, size):
+        try:
+            load_image(path, mode)
+        except Exception as exc:  # any decoder failure makes the file bad; the reason goes to the list
+            return describe_error(exc)
+    return None
+
+
+def _ends_whole(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
+    """Whether the file ends the way a complete file of its format does."""
+    end = tail.rstrip(b"\x00")  # some writers pad with zeros
+    if fmt == "png":
+        return b"IEND" in tail
+    if fmt == "jpeg":
+        return end.endswith(b"\xff\xd9")
+    if fmt == "gif":
+        return end.endswith(b";")
+    if fmt == "webp":  # RIFF header: bytes 4-8 hold the size of what follows the first 8 bytes
+        return size >= 8 + int.from_bytes(head[4:8], "little")
+    if fmt == "bmp":  # bytes 2-6 hold the file size (some writers leave 0)
+        return size >= int.from_bytes(head[2:6], "little")
+    return True
