@@ -3,9 +3,7 @@
 All cases run the real main.py against one output root that already holds an earlier, finished run; after
 each case that run and its checkpoints are unchanged and no run in the store is left RUNNING.
 
-To add a case, append a `Case` to CASES. Still to add once their features are merged: missing data folder,
-empty class folder, corrupt image, zero-byte image, CSV without the path column (the image_folder / csv
-datasets), unreachable tracking server (the tracking work).
+To add a case, append a `Case` to CASES.
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ import pytest
 import torch
 
 from tests.conftest import MAIN, run_main, runs
+from tests.data_files import make_image_folder
 
 FAST = ("debug=fast", "trainer.progress_bar=false")
 
@@ -68,6 +67,35 @@ def corrupt_copy(out: Path, earlier: Path, tmp: Path) -> None:
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a truncated copy
 
 
+def image_folder(out: Path, earlier: Path, tmp: Path) -> None:
+    make_image_folder(tmp / "images", per_class=5, bad=False)
+
+
+def with_empty_class(out: Path, earlier: Path, tmp: Path) -> None:
+    image_folder(out, earlier, tmp)
+    (tmp / "images" / "7" / "nested").mkdir(exist_ok=True)
+    for image in (tmp / "images" / "7").rglob("*.*"):
+        image.unlink()
+
+
+def with_corrupt_image(out: Path, earlier: Path, tmp: Path) -> None:
+    image_folder(out, earlier, tmp)
+    (tmp / "images" / "3" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+
+
+def with_zero_byte_image(out: Path, earlier: Path, tmp: Path) -> None:
+    image_folder(out, earlier, tmp)
+    (tmp / "images" / "5" / "empty.png").write_bytes(b"")
+
+
+def csv_without_path_column(out: Path, earlier: Path, tmp: Path) -> None:
+    image_folder(out, earlier, tmp)
+    rows = [f"{p.relative_to(tmp / 'images')},{p.relative_to(tmp / 'images').parts[0]}" for p in (tmp / "images").rglob("*.png")]
+    (tmp / "images" / "all.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+
+
+FOLDER = (*FAST, "dataset=image_folder", "dataset.root={tmp}/images", "dataset.on_bad_file=fail")
+
 CASES = [
     Case("typo_key", ("trainer.max_epoch=3",), "Could not override 'trainer.max_epoch'. To append to your config use "
          "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'"),
@@ -100,6 +128,13 @@ CASES = [
          setup=corrupt_copy),
     Case("checkpoint_of_another_model", (*FAST, "model=efficientnet_b0", "resume={earlier}/last.pt"),
          "does not fit this model (was it trained with another model=?)"),
+    Case("missing_data_folder", (*FAST, "dataset=image_folder", "dataset.root={tmp}/nowhere"),
+         "dataset.root={tmp}/nowhere is not a folder"),
+    Case("empty_class_folder", FOLDER, "class folder(s) with no images in {tmp}/images: 7", setup=with_empty_class),
+    Case("corrupt_image", FOLDER, "{tmp}/images/3/corrupt.jpg: ", setup=with_corrupt_image),
+    Case("zero_byte_image", FOLDER, "{tmp}/images/5/empty.png: ", setup=with_zero_byte_image),
+    Case("csv_without_path_column", (*FAST, "dataset=csv", "dataset.train_csv={tmp}/images/all.csv"),
+         "{tmp}/images/all.csv has no column 'path' (its columns: file, label)", setup=csv_without_path_column),
 ]
 
 
