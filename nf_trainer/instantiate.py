@@ -36,6 +36,8 @@ def create_instance(node: Mapping | DictConfig, module: types.ModuleType | str |
         return instantiate(config, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
+        if isinstance(cause, NfTrainerError):  # the target's own one-line error (e.g. a failed weight download)
+            raise cause from None
         if isinstance(cause, (TypeError, ValueError)):
             raise NfTrainerError(f"cannot build {name} '{_label(target)}': {cause}") from exc
         raise
