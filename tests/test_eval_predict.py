@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "outputs"
     out.mkdir()
     run_main("dataset._target_=tests.named_digits.named_digits", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
-             "trainer.save_best=[accuracy]", "loss.label_smoothing=0.1", "mlflow.registered_model_name=digits-cnn",
+             "trainer.save_best=[accuracy]", "loss.label_smoothing=0.1", "mlflow.log_model=true", "mlflow.registered_model_name=digits-cnn",
              "export=[torchscript,onnx]", "trainer.progress_bar=false", out=out, env=ONE_THREAD)
     (run,) = runs(out)
     out_dir = Path(run.data.tags["output_dir"])
