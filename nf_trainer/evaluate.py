@@ -34,7 +34,8 @@ def after_fit(job, cfg: DictConfig, classes: list[str], tracker) -> None:
 
     if not (cfg.mlflow.log_model or cfg.export):
         return
-    images = next(iter(next(iter(job.eval_loaders.values()))))[0][:2]  # real images, after the eval transforms
+    loader = next(iter(job.eval_loaders.values()), job.train_loader)
+    images = next(iter(loader))[0][:2]  # real images, after the eval transforms
     example = torch.cat([images, images])[:2].cpu()  # 2 of them: an example batch of 1 would freeze the batch size
     model = job.model.cpu()
     if cfg.mlflow.log_model:

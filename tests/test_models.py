@@ -132,6 +132,6 @@ def test_efficientnet_pretrained_advprop_offline_fails_in_one_line(monkeypatch, 
      "model.weights='IMAGENET9K' is not a weight set of resnet18; choose one of DEFAULT, IMAGENET1K_V1"),
 ])
 def test_bad_model_names_are_one_line_errors(overrides, needle):
-    with pytest.raises(NfTrainerError, match=None) as err:
+    with pytest.raises(NfTrainerError) as err:
         build(*overrides)
     assert needle in str(err.value)
