@@ -63,6 +63,8 @@ class MlflowConf:
     run_name: Optional[str] = None  # None: named after what varies (model-optimizer-lr...)
     tags: Any = field(default_factory=dict)
     log_checkpoints: str = "best"  # best | all | none
+    log_model: bool = True  # the best model, once at the end, with mlflow.pytorch.log_model (a few seconds)
+    registered_model_name: Optional[str] = None  # a name: also register that model in the Model Registry
 
 
 @dataclass
@@ -72,9 +74,21 @@ class PathsConf:
 
 
 @dataclass
+class PredictConf:  # mode=predict (nf_trainer/predict.py)
+    input: Optional[str] = None  # a folder of images, searched recursively
+    output: Optional[str] = None  # the CSV; None: predictions.csv in the job's output dir
+    topk: int = 5
+    batch_size: Optional[int] = None  # None: loader.eval_batch_size or loader.batch_size
+
+
+@dataclass
 class Config:
     seed: int = 42
     resume: Optional[str] = None
+    mode: str = "train"  # train | eval | predict | export (eval/predict/export read `ckpt`)
+    ckpt: Optional[str] = None  # a checkpoint file, or a run's output dir (its last.pt)
+    predict: PredictConf = field(default_factory=PredictConf)
+    export: List[str] = field(default_factory=list)  # torchscript, onnx: written for the best model
     paths: PathsConf = field(default_factory=PathsConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     loader: LoaderConf = field(default_factory=LoaderConf)
@@ -96,6 +110,8 @@ def _run_dir() -> str:
         return f"ddp-rank{rank}"
     now = time.time()
     return time.strftime("%Y-%m-%d/%H-%M-%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}"
+MODES = ("train", "eval", "predict", "export")
+EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 def register_configs() -> None:
@@ -130,6 +146,14 @@ def validate(cfg) -> None:
     for limit in ("limit_train_batches", "limit_eval_batches"):
         value = cfg.trainer[limit]
         checks.append((value is None or value >= 1, f"trainer.{limit} must be >= 1 or null, got {value}"))
+    checks += [
+        (cfg.mode in MODES, f"mode must be one of {', '.join(MODES)}, got '{cfg.mode}'"),
+        (cfg.mode == "train" or cfg.ckpt, f"mode={cfg.mode} needs ckpt=PATH (a checkpoint file or a run's output dir)"),
+        (cfg.mode != "train" or not cfg.ckpt, "ckpt= is read by mode=eval|predict|export; to continue training use resume="),
+        (cfg.mode != "predict" or cfg.predict.input, "mode=predict needs predict.input=DIR (a folder of images)"),
+        (cfg.predict.topk >= 1, f"predict.topk must be >= 1, got {cfg.predict.topk}"),
+        *((f in EXPORT_FORMATS, f"export: unknown format '{f}'; choose from {', '.join(EXPORT_FORMATS)}") for f in cfg.export),
+    ]
     for ok, message in checks:
         if not ok:
             raise NfTrainerError(message)

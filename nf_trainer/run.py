@@ -19,10 +19,15 @@ RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hy
 
 def run(cfg: DictConfig) -> float | None:
     validate(cfg)
+    if cfg.mode != "train":  # eval, predict, export: a trained checkpoint (nf_trainer/inference.py)
+        from nf_trainer.inference import run_mode
+        return run_mode(cfg)
     import torch
 
     from nf_trainer.dataset.inputs import record_data
+    from nf_trainer.evaluate import after_fit
     from nf_trainer.failure import tracked_outcome
+    from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
     from nf_trainer.trainer import distributed, engine
     from nf_trainer.transforms import build_batch_transform
@@ -49,11 +54,11 @@ def run(cfg: DictConfig) -> float | None:
     model = model.to(device)
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model))  # optimizer.head_lr: the head in its own param group
     scheduler = None
     if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
         scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
-    loss_fn = create_instance(cfg.loss, torch.nn).to(device)
+    loss_fn = create_instance(cfg.loss, torch.nn, **model_inputs(cfg.loss, data)).to(device)
     train_metrics = build_metrics(cfg.metrics, data.num_classes, device)
 
     eval_sets = list(data.eval)
@@ -72,7 +77,8 @@ def run(cfg: DictConfig) -> float | None:
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
-        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
+        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True),
+                     "data": {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}},
         checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
         batch_transform=build_batch_transform(cfg.transforms, data.num_classes),
@@ -108,6 +114,7 @@ def run(cfg: DictConfig) -> float | None:
         if ddp.is_main:
             record_data(tracker, data, out_dir)  # dataset inputs, data/bad_files count and list
         metrics = engine.fit(job, tracker)
+        after_fit(job, cfg, data.classes, tracker)  # the best model: reports, MLflow model, exports
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
     objective = job.early_stop or next(iter(job.best.values()), None)
@@ -200,7 +207,10 @@ def load_weights(model, ckpt: dict, path: Path) -> None:
 def build_metrics(metrics_cfg: DictConfig, num_classes: int, device):
     from torchmetrics import MetricCollection
 
-    return MetricCollection({name: create_instance(node, num_classes=num_classes) for name, node in metrics_cfg.items()}).to(device)
+    def build(node):  # top_k is capped at the class count: top-5 accuracy still builds for 3 classes
+        return create_instance(node, num_classes=num_classes, **({"top_k": min(node.top_k, num_classes)} if node.get("top_k") else {}))
+
+    return MetricCollection({name: build(node) for name, node in metrics_cfg.items()}).to(device)
 
 
 def best_watchers(save_best, eval_sets: list[str], known: set[str]) -> dict:

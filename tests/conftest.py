@@ -15,7 +15,9 @@ MAIN = ROOT / "main.py"
 def run_main(*overrides: str, out: Path, cwd: Path | None = None, check: bool = True, timeout: float = 600,
              env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
     """`python main.py <overrides> paths.output_root=<out>`; outputs and the store stay under `out`."""
-    cmd = [sys.executable, str(MAIN), *overrides, f"paths.output_root={out}"]
+    # Logging the MLflow model costs ~5 s a run: only the tests that check it ask for it.
+    quiet = [] if any(o.startswith("mlflow.log_model=") for o in overrides) else ["mlflow.log_model=false"]
+    cmd = [sys.executable, str(MAIN), *overrides, *quiet, f"paths.output_root={out}"]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,

@@ -81,6 +81,12 @@ def broadcast(value):
     return box[0]
 
 
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written the checkpoints the others will read)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model itself, inside DistributedDataParallel (checkpoints hold the plain state dict)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,20 @@
+"""Losses whose config needs more than torch.nn takes as is."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nf_trainer.errors import NfTrainerError
+
+
+def cross_entropy(label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
+                  num_classes: int | None = None) -> nn.CrossEntropyLoss:
+    """`torch.nn.CrossEntropyLoss`; `class_weights` is a plain list, one weight per class in class order."""
+    weight = None
+    if class_weights is not None:
+        if num_classes is not None and len(class_weights) != num_classes:
+            raise NfTrainerError(f"loss.class_weights has {len(class_weights)} values but the data has {num_classes} classes")
+        weight = torch.tensor(list(class_weights), dtype=torch.float32)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
