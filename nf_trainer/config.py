@@ -57,6 +57,13 @@ class MlflowConf:
     run_name: Optional[str] = None  # None: named after what varies (model-optimizer-lr...)
     tags: Any = field(default_factory=dict)
     log_checkpoints: str = "best"  # best | all | none
+    system_metrics: bool = False  # CPU, memory, disk, network (and GPU) as system/* metrics; needs psutil
+
+
+@dataclass
+class ObjectiveConf:
+    metric: str = "loss"  # what main.py returns and sweeps optimize: the best value of this metric over the epochs
+    mode: str = "auto"  # auto: min for loss-like names, max otherwise
 
 
 @dataclass
@@ -69,6 +76,8 @@ class PathsConf:
 class Config:
     seed: int = 42
     resume: Optional[str] = None
+    rerun: Optional[str] = None  # an MLflow run id: main.py recomposes that run's config (nf_trainer/rerun.py)
+    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
     paths: PathsConf = field(default_factory=PathsConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     loader: LoaderConf = field(default_factory=LoaderConf)

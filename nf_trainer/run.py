@@ -14,15 +14,17 @@ from nf_trainer.instantiate import create_instance
 
 log = logging.getLogger("nf_trainer")
 
-RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hydra", "resume", "trainer.progress_bar")
+RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hydra", "resume", "trainer.progress_bar", "rerun")
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | None:
+    """Train and log one run; returns the objective (best `objective.metric` over the epochs)."""
     validate(cfg)
     import torch
 
-    from nf_trainer.tracking import Tracker, flatten, git_info
+    from nf_trainer.tracking import Tracker, flatten, git_info, redact
     from nf_trainer.trainer import engine
+    from nf_trainer.trainer.watch import resolve_key, resolve_mode
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 
     hydra_cfg = HydraConfig.get()
@@ -45,6 +47,7 @@ def run(cfg: DictConfig) -> float | None:
     eval_sets = list(data.eval)
     known = {f"val/{name}/{m}" for name in eval_sets for m in ["loss", *cfg.metrics]}
     known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
+    objective_key = resolve_key(cfg.objective.metric, eval_sets, known)
     job = engine.Job(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
         train_loader=loaders["train"], train_generator=generator,
@@ -56,17 +59,18 @@ def run(cfg: DictConfig) -> float | None:
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
-        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True)},
+        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True)))},
     )
 
-    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,
+                      cfg.mlflow.system_metrics)
     overrides = list(hydra_cfg.overrides.task)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params |= {"data.num_classes": str(data.num_classes), "data.train_size": str(len(data.train)),
                "data.in_channels": str(data.in_channels), "model.num_params": str(sum(p.numel() for p in model.parameters()))}
     params |= {f"data.{name}.size": str(len(ds)) for name, ds in data.eval.items()}
     tags = {"overrides": " ".join(overrides) or "(none)", "output_dir": str(out_dir), **git_info(),
-            **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}}
+            **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}, **(extra_tags or {})}
     run_name = cfg.mlflow.run_name or default_run_name(cfg, hydra_cfg.runtime.choices, overrides)
     run_id = tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None)
     job.extra_state["run_id"] = run_id
@@ -79,7 +83,8 @@ def run(cfg: DictConfig) -> float | None:
         (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(out_dir / ".hydra", "hydra")
         tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
-        metrics = engine.fit(job, tracker)
+        engine.fit(job, tracker)
+        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
     except KeyboardInterrupt:
@@ -89,8 +94,7 @@ def run(cfg: DictConfig) -> float | None:
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
-    objective = job.early_stop or next(iter(job.best.values()), None)
-    return objective.best if objective is not None else metrics.get(f"val/{eval_sets[0]}/loss")
+    return objective
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -121,6 +125,7 @@ def build_data(cfg: DictConfig, device):
     import torch
     from torch.utils.data import DataLoader
 
+    from nf_trainer.sweep import dataloader_start_method
     from nf_trainer.transforms import build_transforms
 
     train_tf, eval_tf = build_transforms(cfg.transforms)
@@ -128,6 +133,7 @@ def build_data(cfg: DictConfig, device):
     lc = cfg.loader
     common = dict(
         num_workers=lc.num_workers,
+        multiprocessing_context=dataloader_start_method() if lc.num_workers > 0 else None,  # fork under joblib
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
