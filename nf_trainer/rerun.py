@@ -15,6 +15,7 @@ run, with the param `rerun=<id>`; on CPU with the same code it reproduces the ru
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -84,6 +85,7 @@ def fetch(run_id: str, tracking_uri: str):
     if SWEEP_KEY_TAG in run.data.tags:
         raise NfTrainerError(f"rerun={run_id} is a sweep's parent run: rerun one of its jobs "
                              f"(python -m nf_trainer.runs list {run_id} shows them)")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: no progress bars
     with tempfile.TemporaryDirectory(prefix="nf_rerun_") as tmp:
         try:
             overrides = client.download_artifacts(run_id, "hydra/overrides.yaml", tmp)
@@ -103,7 +105,7 @@ def pin_differences(logged: dict, composed: dict, keep: set[str]) -> list[str]:
 
     pins = [f"++{key}={hydra_value(value)}" for key, value in logged.items()
             if free(key) and value != MASK and (key not in composed or not same(value, composed[key]))]
-    new = [key for key in composed if key not in logged and free(key)]
+    new = [key for key in composed if key not in logged and free(key) and not any(k.startswith(f"{key}.") for k in logged)]
     if new:  # a key added to conf/ since: its default is used (a schema key cannot be removed)
         print(f"  keys the run did not have (their defaults are used): {', '.join(new)}", file=sys.stderr)
     return pins

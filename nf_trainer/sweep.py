@@ -71,7 +71,9 @@ def worst_value(mode: str) -> float:
 def run_job(cfg: DictConfig) -> float | None:
     """One Hydra job: the training run of `nf_trainer.run.run`, inside a sweep when there is one."""
     from nf_trainer.run import run
+    from nf_trainer.tracking import preflight
 
+    preflight(cfg.mlflow.tracking_uri, cfg.mlflow.system_metrics)  # a wrong URL fails in a second, before torch loads
     tags = {CONFIG_HASH_TAG: config_hash(cfg)}
     sweep = current_sweep(cfg)
     if sweep is None:

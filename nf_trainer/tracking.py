@@ -28,12 +28,12 @@ MAX_KEY = 250  # MLflow rejects longer keys
 MAX_VALUE = 6000  # and truncates longer param values
 OBJECTIVE = "objective"  # the metric every run logs at its end: the best value of `objective.metric`
 
-MASK = "***"
+MASK = "<masked>"  # what a secret becomes: a plain YAML scalar (*** would be a YAML alias)
 _SECRET_WORD = r"pass(?:word|wd)|secret|token(?!s|iz)|api_?key|access_?key|private_?key|credential"
 _SECRET_KEY = re.compile(_SECRET_WORD, re.IGNORECASE)
 # `password: x`, `db.password=x`, `"api_key": "x"` in free text (YAML dumps, override lists, logs);
-# `${oc.env:...}` interpolations are names, not values, and stay readable
-_SECRET_ASSIGNMENT = re.compile(rf"""([\w.\-]*(?:{_SECRET_WORD})[\w.\-]*["']?[ \t]*[=:][ \t]*)(["']?)(?!\$\{{)([^\s'",}}\]]+)""",
+# `${oc.env:...}` interpolations (escaped `$\{...\}` in a sweep's job overrides) are names, not values: kept
+_SECRET_ASSIGNMENT = re.compile(rf"""([\w.\-]*(?:{_SECRET_WORD})[\w.\-]*["']?[ \t]*[=:][ \t]*)(["']?)(?!\$\\?\{{)([^\s'",}}\]]+)""",
                                 re.IGNORECASE)
 TEXT_SUFFIXES = {".yaml", ".yml", ".log", ".txt", ".json", ".cfg", ".ini", ".toml", ".csv", ".md"}
 
@@ -121,17 +121,23 @@ def is_remote(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://"))
 
 
+def preflight(tracking_uri: str, system_metrics: bool = False) -> None:
+    """The checks that must fail in one line before a run exists: a usable server, psutil when asked for."""
+    if system_metrics:
+        try:
+            import psutil  # noqa: F401  (MLflow needs it, and would leave the run RUNNING without it)
+        except ImportError:
+            raise NfTrainerError("mlflow.system_metrics=true needs psutil: pip install 'nf-trainer[system]' "
+                                 "(or pip install psutil), or set mlflow.system_metrics=false") from None
+    if is_remote(tracking_uri):
+        check_server(tracking_uri)
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
                  system_metrics: bool = False):
-        if system_metrics:
-            try:
-                import psutil  # noqa: F401  (MLflow needs it, and would leave the run RUNNING without it)
-            except ImportError:
-                raise NfTrainerError("mlflow.system_metrics=true needs psutil: pip install 'nf-trainer[system]' "
-                                     "(or pip install psutil), or set mlflow.system_metrics=false") from None
+        preflight(tracking_uri, system_metrics)
         if is_remote(tracking_uri):
-            check_server(tracking_uri)
             artifact_location = None  # the server stores artifacts (mlflow server --artifacts-destination)
         from mlflow import MlflowClient
 
