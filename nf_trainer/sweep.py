@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import multiprocessing
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -221,7 +222,11 @@ class SweepCallback(Callback):
         return parent
 
     def finish(self, completed: bool) -> None:
-        """Record the best child and end the parent: FINISHED, FAILED if a job failed, KILLED if interrupted."""
+        """Record the best child and end the parent: FINISHED, FAILED if a job failed, KILLED if interrupted.
+
+        A job that failed before its run existed (a bad value) leaves no child: Hydra then exits with its
+        error and skips on_multirun_end, and this runs at exit with completed=False.
+        """
         if self.sweep is None:
             return
         sweep, self.sweep = self.sweep, None
@@ -249,10 +254,11 @@ class SweepCallback(Callback):
             client.log_metric(sweep.parent_run_id, OBJECTIVE, value, step=len(scored))
         # the children's names, overrides and params are already masked (tracking.py): nothing secret here
         client.log_batch(sweep.parent_run_id, tags=[RunTag(k, v[:MAX_VALUE]) for k, v in tags.items()])
-        if any(r.info.status == "FAILED" for r in failed) or (completed and failed):
-            status = "FAILED"
-        else:
-            status = "FINISHED" if completed else "KILLED"  # not completed: interrupted (Ctrl-C)
+        if completed:
+            status = "FAILED" if failed else "FINISHED"
+        else:  # at exit, without on_multirun_end: a job failed (Hydra raised its error), or Ctrl-C
+            interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt  # set before atexit hooks run
+            status = "KILLED" if interrupted and not any(r.info.status == "FAILED" for r in failed) else "FAILED"
         client.set_terminated(sweep.parent_run_id, status=status)
         log.info("sweep run %s %s: %s%s", sweep.parent_run_id, status, tags["sweep.children"],
                  f"; best {tags['best.value']} by {tags['best.run_name']}" if scored else "")

@@ -55,6 +55,15 @@ def test_a_sweep_is_one_parent_with_a_child_per_job(grid):
     assert not client(out).list_artifacts(parent.info.run_id)  # the children hold the artifacts
 
 
+def test_a_failed_job_fails_the_sweep_run(out):
+    """Job 0 is refused before its run starts; Hydra runs job 1, then exits with job 0's error."""
+    result = run_main("-m", "optimizer.lr=-1,0.01", "debug=fast", "trainer.progress_bar=false", out=out, check=False)
+    assert result.returncode == 1 and "optimizer.lr must be >= 0, got -1" in result.stderr
+    (parent,), children = split(out)
+    assert [(c.data.params["optimizer.lr"], c.info.status) for c in children] == [("0.01", "FINISHED")]
+    assert parent.info.status == "FAILED" and parent.data.tags["best.run_id"] == children[0].info.run_id
+
+
 def terminal(*args, out):
     result = subprocess.run([sys.executable, "-m", "nf_trainer.runs", *args, f"paths.output_root={out}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
