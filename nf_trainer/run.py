@@ -24,8 +24,8 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
 
     from nf_trainer.tracking import Tracker, flatten, git_info, redact
     from nf_trainer.trainer import engine
-    from nf_trainer.trainer.watch import resolve_key, resolve_mode
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from nf_trainer.trainer.watch import resolve_key, resolve_mode
 
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)

@@ -124,6 +124,8 @@ def select_runs(client, experiment, ids: list[str], default_mode: str):
                     list(client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=20)), default_mode)
         parent = latest[0]
     info = parent.data.tags
+    if SWEEP_KEY_TAG not in info:  # a single run
+        return f"run {parent.info.run_id} '{parent.info.run_name}'", [parent], default_mode
     title = (f"sweep {parent.info.run_id} '{parent.info.run_name}' {parent.info.status}, "
              f"objective {info.get('objective.metric', '?')}")
     return title, children(client, exp, parent.info.run_id), info.get("objective.mode", default_mode)

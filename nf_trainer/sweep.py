@@ -96,7 +96,7 @@ def run_job(cfg: DictConfig) -> float | None:
         if not sweep.keep_going:
             raise
         log.error("this trial failed (%s); the sweeper gets the worst value, %s, and goes on",
-                  " ".join(str(exc).split())[:300] or type(exc).__name__, worst_value(mode))
+                  " ".join(str(exc).split())[:300] or type(exc).__name__, worst_value(mode), exc_info=True)
         return worst_value(mode)
     if value is None or math.isnan(value):
         log.warning("the objective %s is NaN: the sweeper gets the worst value, %s", cfg.objective.metric, worst_value(mode))
