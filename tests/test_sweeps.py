@@ -99,6 +99,8 @@ def test_joblib_sweep_on_a_brand_new_store_three_times_in_a_row(tmp_path):
         assert not [needle for needle in DB_TROUBLE if needle in output], output[-3000:]
         (parent,), children = split(out)
         assert parent.info.status == "FINISHED" and parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+        # the store, the experiment and the parent existed before any job started: no job had to create them
+        assert parent.info.start_time < min(c.info.start_time for c in children)
         assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.002", "0.003", "0.004"]
         assert all(c.info.status == "FINISHED" and c.data.params["loader.num_workers"] == "1" for c in children)
         assert len({c.data.tags["output_dir"] for c in children}) == 4
