@@ -13,11 +13,14 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from nf_trainer.run import run
+    from nf_trainer.sweep import run_job
 
-    return run(cfg)
+    return run_job(cfg)  # the objective: what a sweeper (Optuna) optimizes
 
 
 if __name__ == "__main__":
+    from nf_trainer.rerun import expand_rerun
+
     with one_line_errors():
+        expand_rerun()  # `rerun=<run id>`: that run's logged overrides are put in its place (nf_trainer/rerun.py)
         main()

@@ -65,6 +65,13 @@ class MlflowConf:
     log_checkpoints: str = "best"  # best | all | none
     log_model: bool = True  # the best model, once at the end, with mlflow.pytorch.log_model (a few seconds)
     registered_model_name: Optional[str] = None  # a name: also register that model in the Model Registry
+    system_metrics: bool = False  # CPU, memory, disk, network (and GPU) as system/* metrics; needs psutil
+
+
+@dataclass
+class ObjectiveConf:
+    metric: str = "loss"  # what main.py returns and sweeps optimize: the best value of this metric over the epochs
+    mode: str = "auto"  # auto: min for loss-like names, max otherwise
 
 
 @dataclass
@@ -89,6 +96,8 @@ class Config:
     ckpt: Optional[str] = None  # a checkpoint file, or a run's output dir (its last.pt)
     predict: PredictConf = field(default_factory=PredictConf)
     export: List[str] = field(default_factory=list)  # torchscript, onnx: written for the best model
+    rerun: Optional[str] = None  # an MLflow run id: main.py recomposes that run's config (nf_trainer/rerun.py)
+    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
     paths: PathsConf = field(default_factory=PathsConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     loader: LoaderConf = field(default_factory=LoaderConf)

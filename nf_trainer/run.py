@@ -14,10 +14,11 @@ from nf_trainer.instantiate import create_instance
 
 log = logging.getLogger("nf_trainer")
 
-RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hydra", "resume", "trainer.progress_bar")
+RUN_NAME_SKIP = ("model=", "optimizer=", "optimizer.lr=", "mlflow", "paths", "hydra", "resume", "trainer.progress_bar", "rerun")
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | None:
+    """Train and log one run; returns the objective (best `objective.metric` over the epochs)."""
     validate(cfg)
     if cfg.mode != "train":  # eval, predict, export: a trained checkpoint (nf_trainer/inference.py)
         from nf_trainer.inference import run_mode
@@ -28,12 +29,13 @@ def run(cfg: DictConfig) -> float | None:
     from nf_trainer.evaluate import after_fit
     from nf_trainer.failure import tracked_outcome
     from nf_trainer.model.finetune import build_optimizer
-    from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
+    from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info, redact
     from nf_trainer.trainer import distributed, engine
     from nf_trainer.transforms import build_batch_transform
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
     from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
     from nf_trainer.trainer.signals import StopRequest
+    from nf_trainer.trainer.watch import resolve_key, resolve_mode
 
     hydra_cfg = HydraConfig.get()
     ddp, ddp_device = distributed.setup(cfg.trainer.device)
@@ -65,6 +67,7 @@ def run(cfg: DictConfig) -> float | None:
     watched = eval_sets + (["avg"] if len(eval_sets) > 1 else [])  # val/avg/<metric>: the mean over eval sets
     known = {f"val/{name}/{m}" for name in watched for m in ["loss", *cfg.metrics]}
     known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
+    objective_key = resolve_key(cfg.objective.metric, eval_sets, known)
     job = engine.Job(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
         train_loader=loaders["train"], train_generator=generator,
@@ -77,7 +80,7 @@ def run(cfg: DictConfig) -> float | None:
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         patience=cfg.trainer.early_stopping.patience,
-        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(cfg, resolve=True),
+        extra_state={"classes": data.classes, "config": OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True))),
                      "data": {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size}},
         checkpoint_every_n_steps=cfg.trainer.checkpoint_every_n_steps,
         guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
@@ -90,15 +93,15 @@ def run(cfg: DictConfig) -> float | None:
             raise NfTrainerError(f"checkpoint '{cfg.resume}' does not fit this optimizer or scheduler "
                                  f"(was it trained with other ones?): {' '.join(str(exc).split())[:300]}") from exc
 
-    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location) \
-        if ddp.is_main else NullTracker()
+    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,
+                      cfg.mlflow.system_metrics) if ddp.is_main else NullTracker()
     overrides = list(hydra_cfg.overrides.task)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params |= {"data.num_classes": str(data.num_classes), "data.train_size": str(len(data.train)),
                "data.in_channels": str(data.in_channels), "model.num_params": str(sum(p.numel() for p in model.parameters()))}
     params |= {f"data.{name}.size": str(len(ds)) for name, ds in data.eval.items()}
     tags = {"overrides": " ".join(overrides) or "(none)", "output_dir": str(out_dir), **git_info(),
-            **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}}
+            **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}, **(extra_tags or {})}
     run_name = cfg.mlflow.run_name or default_run_name(cfg, hydra_cfg.runtime.choices, overrides)
     params["trainer.world_size"] = str(ddp.world_size)
     run_id = distributed.broadcast(tracker.start(run_name, params, tags, resume_run_id=ckpt["run_id"] if ckpt else None))
@@ -119,6 +122,7 @@ def run(cfg: DictConfig) -> float | None:
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
     objective = job.early_stop or next(iter(job.best.values()), None)
     return objective.best if objective is not None else metrics.get(f"val/{eval_sets[0]}/loss")
+    from nf_trainer.trainer.watch import resolve_key, resolve_mode
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -154,6 +158,7 @@ def build_data(cfg: DictConfig, device, ddp=None):
 
     from nf_trainer.dataset.files import collate_valid
     from nf_trainer.dataset.splits import class_balanced_sampler
+    from nf_trainer.sweep import dataloader_start_method
     from nf_trainer.transforms import build_transforms
 
     train_tf, eval_tf = build_transforms(cfg.transforms)
@@ -163,6 +168,7 @@ def build_data(cfg: DictConfig, device, ddp=None):
     lc = cfg.loader
     common = dict(
         num_workers=lc.num_workers,
+        multiprocessing_context=dataloader_start_method() if lc.num_workers > 0 else None,  # fork under joblib
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,

@@ -67,7 +67,7 @@ def test_optimizer_override_is_logged(out):
 
 def test_multirun_gives_one_finished_run_per_job(out):
     run_main("-m", "optimizer=sgd,adam", "trainer.max_epochs=1", out=out)
-    found = runs(out)
+    found = [r for r in runs(out) if "mlflow.parentRunId" in r.data.tags]  # the jobs, under the sweep's parent run
     assert len(found) == 2 and all(r.info.status == "FINISHED" for r in found)
     assert sorted(r.data.params["optimizer._target_"] for r in found) == ["torch.optim.Adam", "torch.optim.SGD"]
 

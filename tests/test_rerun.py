@@ -1,0 +1,89 @@
+"""`python main.py rerun=<run id>`: exactly the config a logged run used, and the same metrics (CPU, same seed)."""
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from tests.conftest import client, metric_history, run_main, runs
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rerun") / "outputs"
+    out.mkdir()
+    run_main("optimizer=sgd", "optimizer.lr=0.05", "loss.label_smoothing=0.1", "seed=7", "trainer.max_epochs=2",
+             "trainer.limit_train_batches=6", "trainer.log_every_n_steps=2", out=out)
+    (run,) = runs(out)
+    return out, run
+
+
+def test_rerun_reproduces_the_run_exactly(original):
+    out, run = original
+    result = run_main(f"rerun={run.info.run_id}", out=out)
+    (rerun,) = [r for r in runs(out) if r.info.run_id != run.info.run_id]
+    assert f"rerun of {run.info.run_id} ({run.info.run_name}): python main.py optimizer=sgd optimizer.lr=0.05" in result.stderr
+    assert rerun.data.params["rerun"] == run.info.run_id
+    assert {k: v for k, v in rerun.data.params.items() if k != "rerun"} == {k: v for k, v in run.data.params.items() if k != "rerun"}
+    assert rerun.info.run_name == run.info.run_name and rerun.info.status == "FINISHED"
+    assert set(rerun.data.metrics) == set(run.data.metrics) and "train/step_loss" in run.data.metrics
+    for key in run.data.metrics:  # every logged value, bit for bit
+        assert [(m.step, m.value) for m in metric_history(out, rerun.info.run_id, key)] == \
+               [(m.step, m.value) for m in metric_history(out, run.info.run_id, key)], key
+
+
+def logged_config_file(out, run):
+    """The run's logged resolved config, and where the local store keeps that artifact."""
+    path = client(out).download_artifacts(run.info.run_id, "hydra/config_resolved.yaml", str(out.parent))
+    stored = Path(urlparse(run.info.artifact_uri).path) / "hydra/config_resolved.yaml"
+    assert stored.is_file()
+    return yaml.safe_load(open(path)), stored
+
+
+def composed(result) -> dict:
+    return yaml.safe_load(result.stdout)
+
+
+def test_rerun_pins_values_that_conf_no_longer_composes(original):
+    """Had conf/ changed since the run, its logged values still win: here the run 'had' other values."""
+    out, run = original
+    logged, stored = logged_config_file(out, run)
+    drifted = yaml.safe_load(stored.read_text())
+    drifted["optimizer"]["momentum"] = 0.5                  # a value conf/ composes differently
+    drifted["transforms"]["train"][0]["degrees"] = 3        # inside a list of nodes
+    drifted["model"]["extra_note"] = "it's \"quoted\""      # a key conf/ does not have
+    original_text = stored.read_text()
+    stored.write_text(yaml.safe_dump(drifted))
+    try:
+        result = run_main(f"rerun={run.info.run_id}", "--cfg", "job", "--resolve", out=out)
+    finally:
+        stored.write_text(original_text)
+    cfg = composed(result)
+    assert "++optimizer.momentum=0.5" in result.stderr and "++model.extra_note=" in result.stderr
+    assert cfg["optimizer"]["momentum"] == 0.5 and cfg["transforms"]["train"][0]["degrees"] == 3
+    assert cfg["model"]["extra_note"] == "it's \"quoted\""
+    cfg.pop("rerun"), drifted.pop("rerun")
+    assert cfg == drifted
+
+
+def test_rerun_overrides_given_next_to_it_win(original):
+    out, run = original
+    cfg = composed(run_main(f"rerun={run.info.run_id}", "trainer.max_epochs=5", "optimizer=adam", "--cfg", "job", "--resolve", out=out))
+    logged, _ = logged_config_file(out, run)
+    assert cfg["trainer"]["max_epochs"] == 5 and cfg["optimizer"]["_target_"] == "torch.optim.Adam"
+    assert cfg["seed"] == 7 and cfg["loss"]["label_smoothing"] == 0.1 and cfg["rerun"] == run.info.run_id
+    assert cfg["trainer"]["limit_train_batches"] == logged["trainer"]["limit_train_batches"] == 6
+
+
+def test_rerun_of_an_unknown_run_fails_in_one_line(original):
+    out, _ = original
+    result = run_main("rerun=0123456789abcdef0123456789abcdef", out=out, check=False)
+    assert result.returncode == 1
+    assert "rerun=0123456789abcdef0123456789abcdef: no such run in sqlite:///" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rerun_needs_a_store_that_exists(tmp_path):
+    result = run_main("rerun=0123456789abcdef0123456789abcdef", out=tmp_path, check=False)
+    assert result.returncode == 1 and "there is no MLflow store at sqlite:///" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # and none was created

@@ -1,0 +1,175 @@
+"""Sweeps: one MLflow parent run with a nested child per job, parallel joblib sweeps on a brand-new store,
+an Optuna study past a failed trial, and an interrupted sweep that resumes where it stopped."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import MAIN, ROOT, client, metric_history, run_main, runs
+
+PARENT = "mlflow.parentRunId"
+DB_TROUBLE = ("duplicate column", "already exists", "OperationalError", "database is locked", "Online migration",
+              "Traceback")
+
+
+def split(out):
+    """(the sweep's parent runs, their children) in the store under `out`."""
+    found = runs(out)
+    return [r for r in found if PARENT not in r.data.tags], [r for r in found if PARENT in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """The acceptance sweep: 2 optimizers x 2 learning rates, one epoch each."""
+    out = tmp_path_factory.mktemp("grid") / "outputs"
+    out.mkdir()
+    run_main("-m", "optimizer=sgd,adam", "optimizer.lr=0.1,0.01", "trainer.max_epochs=1", out=out)
+    (parent,), children = split(out)
+    return out, parent, children
+
+
+def test_a_sweep_is_one_parent_with_a_child_per_job(grid):
+    out, parent, children = grid
+    assert len(children) == 4 and all(c.data.tags[PARENT] == parent.info.run_id for c in children)
+    assert sorted((c.data.params["optimizer._target_"], c.data.params["optimizer.lr"]) for c in children) == [
+        ("torch.optim.Adam", "0.01"), ("torch.optim.Adam", "0.1"), ("torch.optim.SGD", "0.01"), ("torch.optim.SGD", "0.1")]
+    assert all(c.info.status == "FINISHED" and c.data.params["trainer.max_epochs"] == "1" for c in children)
+    assert len({c.data.tags["nf.config_hash"] for c in children}) == 4
+    for c in children:  # the objective: the best val loss over the epochs
+        assert c.data.metrics["objective"] == min(m.value for m in metric_history(out, c.info.run_id, "val/digits/loss"))
+
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep optimizer=sgd,adam optimizer.lr=0.1,0.01"
+    tags = parent.data.tags
+    assert tags["sweep.overrides"].startswith("optimizer=sgd,adam optimizer.lr=0.1,0.01 trainer.max_epochs=1")
+    assert (tags["objective.metric"], tags["objective.mode"]) == ("loss", "min")
+    best = min(children, key=lambda c: c.data.metrics["objective"])
+    assert tags["best.run_id"] == best.info.run_id and float(tags["best.value"]) == best.data.metrics["objective"]
+    assert parent.data.metrics["objective"] == best.data.metrics["objective"]
+    assert f"optimizer.lr={best.data.params['optimizer.lr']}" in tags["best.params"].split()
+    assert "trainer.max_epochs" not in tags["best.params"]  # only what varies
+    assert tags["sweep.children"] == "4 finished, 0 failed or killed"
+    assert not client(out).list_artifacts(parent.info.run_id)  # the children hold the artifacts
+
+
+def test_a_failed_job_fails_the_sweep_run(out):
+    """Job 0 is refused before its run starts; Hydra runs job 1, then exits with job 0's error."""
+    result = run_main("-m", "optimizer.lr=-1,0.01", "debug=fast", "trainer.progress_bar=false", out=out, check=False)
+    assert result.returncode == 1 and "optimizer.lr must be >= 0, got -1" in result.stderr
+    (parent,), children = split(out)
+    assert [(c.data.params["optimizer.lr"], c.info.status) for c in children] == [("0.01", "FINISHED")]
+    assert parent.info.status == "FAILED" and parent.data.tags["best.run_id"] == children[0].info.run_id
+
+
+def terminal(*args, out):
+    result = subprocess.run([sys.executable, "-m", "nf_trainer.runs", *args, f"paths.output_root={out}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_runs_list_and_compare_show_the_sweep_best_first_with_the_params_that_differ(grid):
+    out, parent, children = grid
+    ranked = sorted(children, key=lambda c: c.data.metrics["objective"])
+    title, header, *rows = terminal("list", out=out)
+    assert parent.info.run_id in title and "min, best first" in title
+    assert header.split()[:4] == ["rank", "run", "status", "objective"]
+    assert {"optimizer._target_", "optimizer.lr"} <= set(header.split())
+    assert "trainer.max_epochs" not in header and "seed" not in header.split()
+    assert [row.split()[1] for row in rows] == [c.info.run_id[:8] for c in ranked]
+
+    title, header, *rows = terminal("compare", parent.info.run_id, out=out)
+    assert header.split() == [c.info.run_id[:8] for c in ranked]
+    names = [row.split()[0] for row in rows]
+    assert {"status", "optimizer.lr", "objective", "val/digits/loss", "val/digits/f1", "train/loss"} <= set(names)
+    assert "trainer.max_epochs" not in names
+
+
+def test_joblib_sweep_on_a_brand_new_store_three_times_in_a_row(tmp_path):
+    """4 parallel jobs (loky processes), each with a DataLoader worker, on a store that does not exist yet."""
+    for attempt in range(3):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        result = run_main("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "optimizer.lr=0.001,0.002,0.003,0.004",
+                          "debug=fast", "loader.num_workers=1", "trainer.progress_bar=false", out=out)
+        output = result.stdout + result.stderr
+        assert not [needle for needle in DB_TROUBLE if needle in output], output[-3000:]
+        (parent,), children = split(out)
+        assert parent.info.status == "FINISHED" and parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+        # the store, the experiment and the parent existed before any job started: no job had to create them
+        assert parent.info.start_time < min(c.info.start_time for c in children)
+        assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.002", "0.003", "0.004"]
+        assert all(c.info.status == "FINISHED" and c.data.params["loader.num_workers"] == "1" for c in children)
+        assert len({c.data.tags["output_dir"] for c in children}) == 4
+
+
+def test_optuna_study_goes_on_past_a_failed_trial(out):
+    # trial k gets label_smoothing=k: trial 2 (2.0) makes CrossEntropyLoss raise in its first step
+    result = run_main("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "loss.label_smoothing=${hydra:job.num}",
+                      "debug=fast", "trainer.progress_bar=false", out=out)
+    (parent,), children = split(out)
+    by_trial = {c.data.params["loss.label_smoothing"]: c for c in children}
+    assert {k: c.info.status for k, c in by_trial.items()} == {"0": "FINISHED", "1": "FINISHED", "2": "FAILED"}
+    assert "the sweeper gets the worst value, -inf, and goes on" in result.stdout + result.stderr
+    # the preset's search space: optimizer choice, log-uniform lr and weight decay
+    for c in children:
+        assert c.data.params["optimizer._target_"] in ("torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD")
+        assert 1e-4 <= float(c.data.params["optimizer.lr"]) <= 1e-1
+        assert 1e-6 <= float(c.data.params["optimizer.weight_decay"]) <= 1e-2
+    finished = [by_trial["0"], by_trial["1"]]
+    best = max(finished, key=lambda c: c.data.metrics["objective"])  # objective: best val f1, maximized
+    assert best.data.metrics["objective"] == max(m.value for m in metric_history(out, best.info.run_id, "val/digits/f1"))
+    (results,) = out.glob("multirun/*/*/optimization_results.yaml")
+    study = yaml.safe_load(results.read_text())
+    assert study["best_value"] == pytest.approx(best.data.metrics["objective"])
+    assert parent.data.tags["best.run_id"] == best.info.run_id
+    assert parent.info.status == "FAILED"  # a child failed
+    assert parent.data.tags["sweep.children"] == "2 finished, 1 failed or killed"
+
+
+def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
+    """SIGKILL a sequential sweep after two of its jobs finished; the same command then runs only the others.
+
+    The last job diverges (lr=1e30 gives a NaN loss): it finishes without an objective, the sweeper gets the
+    worst value, and the best child is picked among the others.
+    """
+    cmd = [sys.executable, str(MAIN), "-m", "optimizer=sgd", "optimizer.lr=0.01,0.02,0.03,1e30", "debug=fast",
+           "trainer.progress_bar=false", f"paths.output_root={out}"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with open(out.parent / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 300
+        # open the store only once the sweep created it (a second process creating it would race)
+        while not list(out.glob("multirun/*/*/mlflow_sweep.json")) or len(
+                [c for c in split(out)[1] if c.info.status == "FINISHED"]) < 2:
+            assert first.poll() is None and time.time() < deadline, (out.parent / "first.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    killed_at = time.time() * 1000
+    (parent,), before = split(out)
+    done_before = {c.data.tags["nf.config_hash"] for c in before if c.info.status == "FINISHED"}
+    assert parent.info.status == "RUNNING" and 2 <= len(done_before) < 4
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already FINISHED with this config in this sweep") == len(done_before)
+
+    (resumed,), children = split(out)
+    assert resumed.info.run_id == parent.info.run_id and resumed.info.status == "FINISHED"
+    new = [c for c in children if c.info.start_time > killed_at]
+    assert {c.data.tags["nf.config_hash"] for c in new}.isdisjoint(done_before)
+    assert len(new) == 4 - len(done_before)
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.data.params["optimizer.lr"] for c in finished) == ["0.01", "0.02", "0.03", "1e+30"]
+    # a job the kill caught mid-run can never end by itself: the resumed sweep marks it KILLED
+    assert all(c.info.status == "KILLED" for c in children if c not in finished)
+
+    (diverged,) = [c for c in finished if c.data.params["optimizer.lr"] == "1e+30"]
+    assert "objective" not in diverged.data.metrics
+    assert "the objective loss is NaN: the sweeper gets the worst value, inf" in second.stdout
+    scored = [c for c in finished if c is not diverged]
+    assert resumed.data.tags["best.run_id"] == min(scored, key=lambda c: c.data.metrics["objective"]).info.run_id
