@@ -128,6 +128,8 @@ CASES = [
          setup=corrupt_copy),
     Case("checkpoint_of_another_model", (*FAST, "model=efficientnet_b0", "resume={earlier}/last.pt"),
          "does not fit this model (was it trained with another model=?)"),
+    Case("unreachable_tracking_server", (*FAST, "mlflow.tracking_uri=http://127.0.0.1:9"),
+         "MLflow tracking server http://127.0.0.1:9 is not reachable"),
     Case("missing_data_folder", (*FAST, "dataset=image_folder", "dataset.root={tmp}/nowhere"),
          "dataset.root={tmp}/nowhere is not a folder"),
     Case("empty_class_folder", FOLDER, "class folder(s) with no images in {tmp}/images: 7", setup=with_empty_class),

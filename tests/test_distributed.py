@@ -31,3 +31,16 @@ def test_torchrun_two_ranks_match_a_single_process_run(tmp_path):
     (reference,) = runs(single)
     final = lambda out, r: metric_history(out, r.info.run_id, "val/digits/accuracy")[-1].value
     assert abs(final(ddp, run) - final(single, reference)) <= 0.01
+
+
+def test_submitit_local_sweep_gives_one_parent_and_two_children(out):
+    """hydra/launcher=local: each job in its own subprocess through submitit, as on SLURM."""
+    run_main("-m", "hydra/launcher=local", "optimizer=sgd,adam", "debug=fast", out=out)
+    found = runs(out)
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(found) == 3 and parent.info.status == "FINISHED"
+    assert sorted(r.data.params["optimizer._target_"] for r in children) == ["torch.optim.Adam", "torch.optim.SGD"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    logs = list((out / "multirun").rglob("*_log.out"))
+    assert len(logs) == 2, "each job ran in its own submitit subprocess"

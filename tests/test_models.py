@@ -19,7 +19,8 @@ PRESETS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
 
 def check_runs(out, expected: dict[str, str]):
     """expected: model choice -> its model.name (or _target_) param; each run FINISHED with one epoch of metrics."""
-    found = {r.data.params.get("model.name", r.data.params["model._target_"]): r for r in runs(out)}
+    jobs = [r for r in runs(out) if "mlflow.parentRunId" in r.data.tags]  # the sweep's parent has no params
+    found = {r.data.params.get("model.name", r.data.params["model._target_"]): r for r in jobs}
     assert set(found) == set(expected.values())
     for run in found.values():
         assert run.info.status == "FINISHED"

@@ -88,7 +88,10 @@ def test_sweep_against_postgres_backed_server(team_server, out):
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("team")
-    jobs = [r for r in client.search_runs([experiment.experiment_id]) if "optimizer._target_" in r.data.params]
+    found = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    jobs = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(found) == 3 and parent.info.status == "FINISHED"
     assert sorted(r.data.params["optimizer._target_"] for r in jobs) == ["torch.optim.Adam", "torch.optim.SGD"]
     assert all(r.info.status == "FINISHED" for r in jobs)
     for run in jobs:  # metrics in PostgreSQL, artifacts in the server's artifact root
