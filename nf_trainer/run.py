@@ -116,13 +116,12 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
         tracker.log_artifact(out_dir / "config_resolved.yaml", "hydra")
         if ddp.is_main:
             record_data(tracker, data, out_dir)  # dataset inputs, data/bad_files count and list
-        metrics = engine.fit(job, tracker)
+        engine.fit(job, tracker)
+        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
         after_fit(job, cfg, data.classes, tracker)  # the best model: reports, MLflow model, exports
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
-    objective = job.early_stop or next(iter(job.best.values()), None)
-    return objective.best if objective is not None else metrics.get(f"val/{eval_sets[0]}/loss")
-    from nf_trainer.trainer.watch import resolve_key, resolve_mode
+    return objective
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
