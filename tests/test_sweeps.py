@@ -131,12 +131,8 @@ def test_optuna_study_goes_on_past_a_failed_trial(out):
 
 
 def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
-    """SIGKILL a sequential sweep after two of its jobs finished; the same command then runs only the others.
-
-    The last job diverges (lr=1e30 gives a NaN loss): it finishes without an objective, the sweeper gets the
-    worst value, and the best child is picked among the others.
-    """
-    cmd = [sys.executable, str(MAIN), "-m", "optimizer=sgd", "optimizer.lr=0.01,0.02,0.03,1e30", "debug=fast",
+    """SIGKILL a sequential sweep after two of its jobs finished; the same command then runs only the others."""
+    cmd = [sys.executable, str(MAIN), "-m", "optimizer=sgd", "optimizer.lr=0.01,0.02,0.03,0.04", "debug=fast",
            "trainer.progress_bar=false", f"paths.output_root={out}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     with open(out.parent / "first.log", "w") as log:
@@ -164,12 +160,8 @@ def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
     assert {c.data.tags["nf.config_hash"] for c in new}.isdisjoint(done_before)
     assert len(new) == 4 - len(done_before)
     finished = [c for c in children if c.info.status == "FINISHED"]
-    assert sorted(c.data.params["optimizer.lr"] for c in finished) == ["0.01", "0.02", "0.03", "1e+30"]
+    assert sorted(c.data.params["optimizer.lr"] for c in finished) == ["0.01", "0.02", "0.03", "0.04"]
     # a job the kill caught mid-run can never end by itself: the resumed sweep marks it KILLED
     assert all(c.info.status == "KILLED" for c in children if c not in finished)
 
-    (diverged,) = [c for c in finished if c.data.params["optimizer.lr"] == "1e+30"]
-    assert "objective" not in diverged.data.metrics
-    assert "the objective loss is NaN: the sweeper gets the worst value, inf" in second.stdout
-    scored = [c for c in finished if c is not diverged]
-    assert resumed.data.tags["best.run_id"] == min(scored, key=lambda c: c.data.metrics["objective"]).info.run_id
+    assert resumed.data.tags["best.run_id"] == min(finished, key=lambda c: c.data.metrics["objective"]).info.run_id
