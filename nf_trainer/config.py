@@ -26,6 +26,9 @@ class EarlyStoppingConf:
     min_delta: float = 0.0
 
 
+PRECISIONS = ("auto", "32", "bf16", "16")  # trainer.precision: autocast dtype (nf_trainer/trainer/speed.py)
+
+
 @dataclass
 class TrainerConf:
     max_epochs: int = 20
@@ -38,6 +41,15 @@ class TrainerConf:
     deterministic: bool = False
     progress_bar: bool = True
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
+    # speed (nf_trainer/trainer/speed.py)
+    precision: str = "auto"  # auto | 32 | bf16 | 16 (autocast; auto: bf16 on CUDA GPUs that have it, else 32)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (pays off on long runs; compiling takes a while)
+    cudnn_benchmark: bool = True
+    fused_optimizer: bool = True  # torch.optim's fused kernels where the optimizer has one
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None  # clip the gradient norm to this value
+    ema_decay: Optional[float] = None  # e.g. 0.999: keep an EMA of the weights and evaluate with it
 
 
 @dataclass
@@ -113,6 +125,10 @@ def validate(cfg) -> None:
         (cfg.loader.num_workers >= 0, f"loader.num_workers must be >= 0, got {cfg.loader.num_workers}"),
         (cfg.trainer.early_stopping.patience >= 1, "trainer.early_stopping.patience must be >= 1"),
         (cfg.trainer.log_every_n_steps >= 0, "trainer.log_every_n_steps must be >= 0 (0 turns per-step logging off)"),
+        (cfg.trainer.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{cfg.trainer.precision}'"),
+        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
+        (cfg.trainer.gradient_clip_val is None or cfg.trainer.gradient_clip_val > 0, "trainer.gradient_clip_val must be > 0 or null"),
+        (cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1, "trainer.ema_decay must be between 0 and 1 (exclusive) or null"),
     ]
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, (int, float)):

@@ -22,7 +22,7 @@ def run(cfg: DictConfig) -> float | None:
     import torch
 
     from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info
-    from nf_trainer.trainer import distributed, engine
+    from nf_trainer.trainer import distributed, engine, speed
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 
     hydra_cfg = HydraConfig.get()
@@ -41,9 +41,11 @@ def run(cfg: DictConfig) -> float | None:
     if ddp.enabled and cfg.trainer.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
+    step_settings = speed.build(cfg.trainer, model, device)  # in place: channels_last, compile; EMA copy
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters())
+    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters(),
+                                **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
     scheduler = None
     if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
         scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
@@ -57,8 +59,8 @@ def run(cfg: DictConfig) -> float | None:
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
         train_loader=loaders["train"], train_generator=generator,
         eval_loaders={name: loaders[name] for name in eval_sets},
-        train_metrics=train_metrics, eval_metrics={name: train_metrics.clone() for name in eval_sets},
-        device=device, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
+        train_metrics=speed.BatchedUpdates(train_metrics), eval_metrics={name: train_metrics.clone() for name in eval_sets},
+        device=device, speed=step_settings, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_eval_batches=cfg.trainer.limit_eval_batches,
         log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar and ddp.is_main,
         out_dir=out_dir, train_sampler=loaders["train"].sampler if ddp.enabled else None, is_main=ddp.is_main,

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nf_trainer.trainer.checkpoint import save_checkpoint
+from nf_trainer.trainer.checkpoint import copy_checkpoint, save_checkpoint
 from nf_trainer.trainer.distributed import rank0_decides, sum_across_ranks, unwrap
+from nf_trainer.trainer.speed import Speed, grad_sync
 from nf_trainer.trainer.watch import MetricWatcher
 
 log = logging.getLogger("nf_trainer")
@@ -48,6 +49,7 @@ class Job:
     extra_state: dict = field(default_factory=dict)  # classes, config, ...: stored in every checkpoint
     train_sampler: object | None = None  # a DistributedSampler under torchrun (set_epoch each epoch)
     is_main: bool = True  # rank 0 (or the only process): the one that writes checkpoints
+    speed: Speed = field(default_factory=Speed)  # precision, accumulation, clipping, EMA (trainer/speed.py)
     epoch: int = 0  # epochs completed
     global_step: int = 0
 
@@ -61,9 +63,10 @@ def fit(job: Job, tracker) -> dict[str, float]:
         if job.train_sampler is not None:
             job.train_sampler.set_epoch(epoch)
         metrics |= _prefixed("train", train_one_epoch(job, tracker, epoch))
+        eval_model = job.speed.ema.module if job.speed.ema is not None else job.model  # the EMA weights, when on
         for name, loader in job.eval_loaders.items():
-            metrics |= _prefixed(f"val/{name}", evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name],
-                                                          job.device, job.limit_eval_batches))
+            metrics |= _prefixed(f"val/{name}", evaluate(eval_model, loader, job.loss_fn, job.eval_metrics[name],
+                                                          job.device, job.limit_eval_batches, job.speed))
         if job.scheduler is not None:
             job.scheduler.step()
         job.epoch = epoch + 1
@@ -77,10 +80,9 @@ def fit(job: Job, tracker) -> dict[str, float]:
             job.early_stop.update(metrics[job.early_stop.key])
             stop = rank0_decides(job.early_stop.bad_epochs >= job.patience)
         if job.is_main:
-            payload = checkpoint_payload(job, metrics)
-            for stem in improved:
-                save_checkpoint(payload, job.out_dir / f"best-{stem}.pt")
-            save_checkpoint(payload, job.out_dir / "last.pt")
+            save_checkpoint(checkpoint_payload(job, metrics), job.out_dir / "last.pt")
+            for stem in improved:  # the same bytes as last.pt: linked, not serialized again
+                copy_checkpoint(job.out_dir / "last.pt", job.out_dir / f"best-{stem}.pt")
         if stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
                      job.early_stop.key, job.patience, job.early_stop.best)
@@ -89,20 +91,23 @@ def fit(job: Job, tracker) -> dict[str, float]:
 
 
 def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
-    model, device = job.model, job.device
+    model, device, speed = job.model, job.device, job.speed
     model.train()
     job.train_metrics.reset()
     loss_sum, seen = torch.zeros((), device=device), 0
-    batches = _limited(job.train_loader, job.limit_train_batches)
-    bar = tqdm(batches, total=_length(job.train_loader, job.limit_train_batches), desc=f"epoch {epoch + 1}/{job.max_epochs}",
+    batches, total = _limited(job.train_loader, job.limit_train_batches), _length(job.train_loader, job.limit_train_batches)
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{job.max_epochs}",
                leave=False, dynamic_ncols=True, disable=None if job.progress_bar else True)
-    for images, targets in bar:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss = job.loss_fn(logits, targets)
-        job.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        job.optimizer.step()
+    for i, (images, targets) in enumerate(bar):
+        images, targets = speed.to_device(images, targets, device)
+        update = (i + 1) % speed.accumulate == 0 or i + 1 == total  # an optimizer step every `accumulate` batches
+        with grad_sync(model, update):  # DDP averages gradients only on the batch that steps
+            with speed.autocast():
+                logits = model(images)
+                loss = job.loss_fn(logits, targets)
+            speed.backward(loss)
+        if update:
+            speed.step(job.optimizer, model)  # (unscale, clip,) step, zero_grad, EMA update
 
         job.global_step += 1
         loss_sum += loss.detach() * targets.shape[0]
@@ -116,14 +121,15 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None) -> dict[str, float]:
+def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None, speed: Speed = Speed()) -> dict[str, float]:
     model.eval()
     metrics.reset()
     loss_sum, seen = torch.zeros((), device=device), 0
     for images, targets in _limited(loader, limit_batches):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum += loss_fn(logits, targets) * targets.shape[0]
+        images, targets = speed.to_device(images, targets, device)
+        with speed.autocast():
+            logits = model(images)
+            loss_sum += loss_fn(logits, targets) * targets.shape[0]
         seen += targets.shape[0]
         metrics.update(logits, targets)
     return _results(loss_sum, seen, metrics)
@@ -139,6 +145,7 @@ def checkpoint_payload(job: Job, metrics: dict[str, float]) -> dict:
         "global_step": job.global_step,
         "best": {stem: w.state_dict() for stem, w in job.best.items()},
         "early_stop": job.early_stop.state_dict() if job.early_stop is not None else None,
+        "speed": job.speed.state_dict(),  # the EMA weights and the fp16 loss scale, when on
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -155,6 +162,7 @@ def restore(job: Job, ckpt: dict) -> None:
     if job.scheduler is not None and ckpt.get("scheduler") is not None:
         job.scheduler.load_state_dict(ckpt["scheduler"])
     job.epoch, job.global_step = ckpt["epoch"], ckpt["global_step"]
+    job.speed.load_state_dict(ckpt.get("speed") or {})
     for stem, state in ckpt.get("best", {}).items():
         if stem in job.best:
             job.best[stem].load_state_dict(state)
