@@ -62,6 +62,7 @@ def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"  # this checkout's package, as `python main.py` gets it
         f"sys.argv = [{str(MAIN)!r}] + sys.argv[1:]\n"
         "try:\n"
         f"    runpy.run_path({str(MAIN)!r}, run_name='__main__')\n"
