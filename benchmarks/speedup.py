@@ -71,7 +71,7 @@ def nf_trainer(out: Path) -> float:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], repeats=3).parse_args()
+    args = parser(__doc__.splitlines()[0], repeats=5).parse_args()
     set_threads(args.threads)
     print(machine())
     print(f"== efficientnet_b0, 64 px: {' '.join(OVERRIDES)}")
