@@ -3,7 +3,8 @@
     python benchmarks/startup.py
 
 - help:        `python main.py --help` (must not import torch or mlflow);
-- floor:       `python -c "import torch, torchvision, mlflow, hydra"`, the bare imports any job needs;
+- floor:       `python -c "import torch, torchvision, mlflow, hydra"`, the bare imports any job needs, until
+               they are done (a marker line; the process's exit is not counted, as for the first step);
 - first step:  `python main.py` (default job, existing MLflow store) until its first training forward pass
                starts (a global forward pre-hook prints a marker and ends the process there).
 Target: first step - floor <= 1 s. Each is a fresh process, timed from spawn; repeats alternate.
@@ -24,8 +25,9 @@ from pathlib import Path
 from common import ROOT, parser
 
 MAIN = ROOT / "main.py"
-FLOOR = "import torch, torchvision, mlflow, hydra"
-MARKER = "NF_FIRST_TRAINING_STEP"
+MARKER = "NF_STARTUP_MARK"
+IMPORTS = "import torch, torchvision, mlflow, hydra"
+FLOOR = f"{IMPORTS}; print('{MARKER}', flush=True)"
 # Runs main.py as `python main.py ...` would, with a hook that fires on the first training forward pass.
 FIRST_STEP = f"""
 import os, runpy, sys
@@ -76,7 +78,7 @@ def imports_beyond_floor(job_args: list[str], top: int = 10) -> list[tuple[float
                 times[m.group(3)] = (int(m.group(1)) / 1e6, len(m.group(2)))
         return times
 
-    floor = cumulative(["-c", FLOOR])
+    floor = cumulative(["-c", IMPORTS])
     job = cumulative(["-c", FIRST_STEP, str(MAIN), *job_args])
     # outermost imports that only the job does (their children are counted inside them)
     extra = [(t, name) for name, (t, depth) in job.items() if name not in floor and depth == 1]
@@ -92,11 +94,11 @@ def main() -> None:
     try:
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; store sqlite:///{out}/mlflow.db")
         timed([py, str(MAIN), *job, "debug=fast"])  # creates the store (once) and warms the file cache
-        timed([py, "-c", FLOOR])
+        timed([py, "-c", FLOOR], until=MARKER)
         helps, floors, firsts = [], [], []
         for i in range(args.repeats):
             helps.append(timed([py, str(MAIN), "--help"]))
-            floors.append(timed([py, "-c", FLOOR]))
+            floors.append(timed([py, "-c", FLOOR], until=MARKER))
             firsts.append(timed([py, "-c", FIRST_STEP, str(MAIN), *job], until=MARKER))
             print(f"repeat {i + 1}/{args.repeats}: --help {helps[-1]:.2f} s, import floor {floors[-1]:.2f} s, "
                   f"first step {firsts[-1]:.2f} s  (load {os.getloadavg()[0]:.2f})", flush=True)
