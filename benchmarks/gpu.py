@@ -55,7 +55,8 @@ def forward_flops(model, image_size: int, device) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(1, 3, image_size, image_size, device=device))
+        model.eval()(torch.randn(1, 3, image_size, image_size, device=device))
+    model.train()
     return float(counter.get_total_flops())
 
 

@@ -181,7 +181,8 @@ def optimizer_kwargs(optimizer_cfg, device: torch.device, enabled: bool) -> dict
     """{'fused': True} for a torch.optim optimizer with a fused kernel on this device: one kernel for the
     whole update instead of a loop over parameters. A `fused` or `foreach` the optimizer config sets wins.
     (Other optimizers already pick their multi-tensor `foreach` path on CUDA by themselves.)"""
-    if not enabled or "fused" in optimizer_cfg or "foreach" in optimizer_cfg:
+    chosen = {**(optimizer_cfg.get("args") or {}), **optimizer_cfg}  # the seed's {module:, args:} form too
+    if not enabled or "fused" in chosen or "foreach" in chosen:
         return {}
     target = str(optimizer_cfg.get("_target_") or optimizer_cfg.get("module") or "")
     name = target.removeprefix("torch.optim.")
