@@ -26,6 +26,9 @@ class EarlyStoppingConf:
     min_delta: float = 0.0
 
 
+PRECISIONS = ("auto", "32", "bf16", "16")  # trainer.precision: autocast dtype (nf_trainer/trainer/speed.py)
+
+
 @dataclass
 class TrainerConf:
     max_epochs: int = 20
@@ -40,6 +43,15 @@ class TrainerConf:
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
     checkpoint_every_n_steps: int = 0  # also write last.pt every N steps, resumable mid-epoch (0: epoch ends only)
     nonfinite: str = "stop"  # a NaN/Inf training loss: stop (the run FAILED, last good checkpoint kept) | skip the batch
+    # speed (nf_trainer/trainer/speed.py)
+    precision: str = "auto"  # auto | 32 | bf16 | 16 (autocast; auto: bf16 on CUDA GPUs that have it, else 32)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model (pays off on long runs; compiling takes a while)
+    cudnn_benchmark: bool = True
+    fused_optimizer: bool = True  # torch.optim's fused kernels where the optimizer has one
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None  # clip the gradient norm to this value
+    ema_decay: Optional[float] = None  # e.g. 0.999: keep an EMA of the weights and evaluate with it
 
 
 @dataclass
@@ -145,6 +157,10 @@ def validate(cfg) -> None:
         (cfg.trainer.nonfinite in ("stop", "skip"), f"trainer.nonfinite must be stop or skip, not '{cfg.trainer.nonfinite}'"),
         (cfg.loader.eval_batch_size is None or cfg.loader.eval_batch_size >= 1,
          f"loader.eval_batch_size must be >= 1 or null, got {cfg.loader.eval_batch_size}"),
+        (cfg.trainer.precision in PRECISIONS, f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{cfg.trainer.precision}'"),
+        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
+        (cfg.trainer.gradient_clip_val is None or cfg.trainer.gradient_clip_val > 0, "trainer.gradient_clip_val must be > 0 or null"),
+        (cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1, "trainer.ema_decay must be between 0 and 1 (exclusive) or null"),
     ]
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, (int, float)):

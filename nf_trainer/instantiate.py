@@ -32,6 +32,7 @@ def create_instance(node: Mapping | DictConfig, module: types.ModuleType | str |
     target = config["_target_"]
     if isinstance(target, str):
         config["_target_"] = _locate(target, module, name)
+    config.setdefault("_convert_", "all")  # plain lists and dicts: a ListConfig read per sample (transforms) is slow
     try:
         return instantiate(config, **kwargs)
     except InstantiationException as exc:

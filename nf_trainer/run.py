@@ -30,7 +30,7 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
     from nf_trainer.failure import tracked_outcome
     from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info, redact
-    from nf_trainer.trainer import distributed, engine
+    from nf_trainer.trainer import distributed, engine, speed
     from nf_trainer.transforms import build_batch_transform
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
     from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
@@ -54,9 +54,11 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
     if ddp.enabled and cfg.trainer.sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
+    step_settings = speed.build(cfg.trainer, model, device)  # in place: channels_last, compile; EMA copy
     if ddp.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model))  # optimizer.head_lr: the head in its own param group
+    optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model),  # optimizer.head_lr: the head's own group
+                                **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
     scheduler = None
     if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
         scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
@@ -72,8 +74,8 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
         train_loader=loaders["train"], train_generator=generator,
         eval_loaders={name: loaders[name] for name in eval_sets},
-        train_metrics=train_metrics, eval_metrics={name: train_metrics.clone() for name in eval_sets},
-        device=device, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
+        train_metrics=speed.BatchedUpdates(train_metrics), eval_metrics={name: train_metrics.clone() for name in eval_sets},
+        device=device, speed=step_settings, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_eval_batches=cfg.trainer.limit_eval_batches,
         log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar and ddp.is_main,
         out_dir=out_dir, train_sampler=loaders["train"].sampler if ddp.enabled else None, is_main=ddp.is_main,

@@ -80,8 +80,9 @@ def param_groups(model: nn.Module, head_lr: float | None) -> list:
     return groups + [{"params": head_params, "lr": head_lr}]
 
 
-def build_optimizer(node, model: nn.Module):
-    """`optimizer.*` minus `head_lr` (ours, not the optimizer's) builds a torch.optim optimizer over the groups."""
+def build_optimizer(node, model: nn.Module, **kwargs):
+    """`optimizer.*` minus `head_lr` (ours, not the optimizer's) builds a torch.optim optimizer over the groups;
+    `kwargs` (e.g. fused=True) go to the optimizer."""
     from omegaconf import open_dict
 
     from nf_trainer.instantiate import create_instance
@@ -91,4 +92,4 @@ def build_optimizer(node, model: nn.Module):
     with open_dict(node):
         node.pop("head_lr", None)
     # _convert_: the param-group dicts must reach torch as plain dicts, not DictConfigs.
-    return create_instance(node, torch.optim, params=param_groups(model, head_lr), _convert_="all")
+    return create_instance(node, torch.optim, params=param_groups(model, head_lr), _convert_="all", **kwargs)

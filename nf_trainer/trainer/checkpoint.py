@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def save_checkpoint(payload: dict, path: Path) -> None:
         raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Make `dst` a copy of the checkpoint `src`, atomically: a hard link where the filesystem has them (no
+    bytes written; `src` is only ever replaced by rename, so `dst` keeps its content), else a real copy."""
+    tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

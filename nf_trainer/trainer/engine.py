@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nf_trainer.trainer.checkpoint import save_checkpoint
+from nf_trainer.trainer.checkpoint import copy_checkpoint, save_checkpoint
 from nf_trainer.trainer.distributed import rank0_decides, sum_across_ranks, unwrap
 from nf_trainer.trainer.guard import NonFiniteGuard
 from nf_trainer.trainer.signals import StopRequest
+from nf_trainer.trainer.speed import Speed, grad_sync
 from nf_trainer.trainer.watch import MetricWatcher
 
 log = logging.getLogger("nf_trainer")
@@ -54,6 +55,7 @@ class Job:
     stop: StopRequest = field(default_factory=StopRequest)  # set by Ctrl-C / SIGTERM
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # NaN/Inf loss: stop or skip
     batch_transform: object | None = None  # MixUp/CutMix on train batches: soft targets for the loss
+    speed: Speed = field(default_factory=Speed)  # precision, accumulation, clipping, EMA (trainer/speed.py)
     epoch: int = 0  # epochs completed
     global_step: int = 0
     step_in_epoch: int = 0  # batches done in the current epoch
@@ -70,8 +72,9 @@ def fit(job: Job, tracker) -> dict[str, float]:
         if job.train_sampler is not None:
             job.train_sampler.set_epoch(epoch)
         metrics |= _prefixed("train", train_one_epoch(job, tracker, epoch))
-        per_set = {name: evaluate(job.model, loader, job.loss_fn, job.eval_metrics[name], job.device,
-                                  job.limit_eval_batches) for name, loader in job.eval_loaders.items()}
+        eval_model = job.speed.ema.module if job.speed.ema is not None else job.model  # the EMA weights, when on
+        per_set = {name: evaluate(eval_model, loader, job.loss_fn, job.eval_metrics[name], job.device,
+                                  job.limit_eval_batches, job.speed) for name, loader in job.eval_loaders.items()}
         for name, values in per_set.items():
             metrics |= _prefixed(f"val/{name}", values)
         if len(per_set) > 1:  # each eval set weighs the same, whatever its size
@@ -90,10 +93,9 @@ def fit(job: Job, tracker) -> dict[str, float]:
             job.early_stop.update(metrics[job.early_stop.key])
             stop = rank0_decides(job.early_stop.bad_epochs >= job.patience)
         if job.is_main:
-            payload = checkpoint_payload(job, metrics)
-            for stem in improved:
-                save_checkpoint(payload, job.out_dir / f"best-{stem}.pt")
-            save_checkpoint(payload, job.out_dir / "last.pt")
+            save_checkpoint(checkpoint_payload(job, metrics), job.out_dir / "last.pt")
+            for stem in improved:  # the same bytes as last.pt: linked, not serialized again
+                copy_checkpoint(job.out_dir / "last.pt", job.out_dir / f"best-{stem}.pt")
         if stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
                      job.early_stop.key, job.patience, job.early_stop.best)
@@ -102,30 +104,34 @@ def fit(job: Job, tracker) -> dict[str, float]:
 
 
 def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
-    model, device = job.model, job.device
+    model, device, speed = job.model, job.device, job.speed
     model.train()
     job.train_metrics.reset()
     loss_sum, seen = torch.zeros((), device=device), 0
+    total = _length(job.train_loader, job.limit_train_batches)
     batches = iter(_limited(job.train_loader, job.limit_train_batches))
     if job.step_in_epoch:  # resumed from a mid-epoch checkpoint
         loss_sum, seen = _fast_forward(job, batches)
-    bar = tqdm(batches, total=_length(job.train_loader, job.limit_train_batches), initial=job.step_in_epoch,
-               desc=f"epoch {epoch + 1}/{job.max_epochs}", leave=False, dynamic_ncols=True,
-               disable=None if job.progress_bar else True)
+    bar = tqdm(batches, total=total, initial=job.step_in_epoch, desc=f"epoch {epoch + 1}/{job.max_epochs}",
+               leave=False, dynamic_ncols=True, disable=None if job.progress_bar else True)
     for images, targets in bar:
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        images, targets = speed.to_device(images, targets, device)
         inputs, loss_targets = job.batch_transform(images, targets) if job.batch_transform else (images, targets)
-        logits = model(inputs)
-        loss = job.loss_fn(logits, loss_targets)
         job.global_step += 1
         job.step_in_epoch += 1
-        if job.guard.keep(loss, epoch, job.global_step):  # False only for a NaN/Inf loss with trainer.nonfinite=skip
-            job.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            job.optimizer.step()
-            loss_sum += loss.detach() * targets.shape[0]
-            seen += targets.shape[0]
-            job.train_metrics.update(logits.detach(), targets)
+        # an optimizer step every `accumulate` batches (and on the epoch's last one)
+        update = job.step_in_epoch % speed.accumulate == 0 or job.step_in_epoch == total
+        with grad_sync(model, update):  # DDP averages gradients only on the batch that steps
+            with speed.autocast():
+                logits = model(inputs)
+                loss = job.loss_fn(logits, loss_targets)
+            if job.guard.keep(loss, epoch, job.global_step):  # False only for a NaN/Inf loss with trainer.nonfinite=skip
+                speed.backward(loss)
+                loss_sum += loss.detach() * targets.shape[0]
+                seen += targets.shape[0]
+                job.train_metrics.update(logits.detach(), targets)
+        if update:
+            speed.step(job.optimizer, model)  # (unscale, clip,) step, zero_grad, EMA update
 
         if job.log_every_n_steps and job.global_step % job.log_every_n_steps == 0:
             job.guard.check(epoch)  # this step syncs anyway: stop early on a NaN/Inf loss
@@ -142,14 +148,15 @@ def train_one_epoch(job: Job, tracker, epoch: int) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None) -> dict[str, float]:
+def evaluate(model, loader, loss_fn, metrics, device, limit_batches=None, speed: Speed = Speed()) -> dict[str, float]:
     model.eval()
     metrics.reset()
     loss_sum, seen = torch.zeros((), device=device), 0
     for images, targets in _limited(loader, limit_batches):
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum += loss_fn(logits, targets) * targets.shape[0]
+        images, targets = speed.to_device(images, targets, device)
+        with speed.autocast():
+            logits = model(images)
+            loss_sum += loss_fn(logits, targets) * targets.shape[0]
         seen += targets.shape[0]
         metrics.update(logits, targets)
     return _results(loss_sum, seen, metrics)
@@ -167,6 +174,7 @@ def checkpoint_payload(job: Job, metrics: dict[str, float], partial_epoch: dict 
         "partial_epoch": partial_epoch,
         "best": {stem: w.state_dict() for stem, w in job.best.items()},
         "early_stop": job.early_stop.state_dict() if job.early_stop is not None else None,
+        "speed": job.speed.state_dict(),  # the EMA weights and the fp16 loss scale, when on
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -185,6 +193,7 @@ def restore(job: Job, ckpt: dict) -> None:
     job.epoch, job.global_step, job.step_in_epoch = ckpt["epoch"], ckpt["global_step"], ckpt.get("step_in_epoch", 0)
     if job.step_in_epoch:  # replayed by train_one_epoch, after it skipped the batches already done
         job.resume_partial = {**ckpt["partial_epoch"], "rng": ckpt["rng"]}
+    job.speed.load_state_dict(ckpt.get("speed") or {})
     for stem, state in ckpt.get("best", {}).items():
         if stem in job.best:
             job.best[stem].load_state_dict(state)

@@ -1,0 +1,131 @@
+"""Parity: nf_trainer's engine costs nothing over a minimal hand-written PyTorch loop.
+
+    python benchmarks/parity.py                    # both cases below
+    python benchmarks/parity.py --case simple_cnn  # one case
+
+(a) a hand-written loop, no logging: train steps, then evaluation with the same torchmetrics each epoch;
+(b) nf_trainer's `run` (what `python main.py` runs, here in-process) with MLflow logging, the progress
+    bar (drawn when stderr is a terminal), per-step loss logging, checkpoints and early-stopping checks.
+Same model, data, batch size, epochs and optimizer; (a) applies by hand the speed settings (b) defaults to
+(channels_last, fused optimizer, the autocast dtype) so the ratio measures the engine's overhead alone.
+Throughput = training images / seconds of the epoch loop (train + evaluate), setup excluded on both sides.
+Cases: simple_cnn on digits (target B/A >= 0.95) and resnet18 on 32 px images (target >= 0.98).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from common import ROOT, Timer, alternate, compose_job, machine, parser, run_timed, set_threads, summary
+
+CASES = {
+    # name: (overrides, epochs, target)
+    "simple_cnn": (["model=simple_cnn", "dataset=digits"], 6, 0.95),
+    # an epoch of 10240 images (a fifth of CIFAR-10's): per-epoch costs (evaluation, a checkpoint) in proportion
+    "resnet18": (["dataset=synthetic", "transforms=none", "dataset.image_size=32",
+                  "dataset.train_size=10240", "dataset.val_size=1024"], 1, 0.98),
+}
+
+
+def resnet18_node():
+    """The issue-4 preset when the project has one, else torchvision's resnet18 directly."""
+    from omegaconf import OmegaConf
+
+    if (ROOT / "conf" / "model" / "resnet18.yaml").exists():
+        return None
+    return OmegaConf.create({"_target_": "torchvision.models.resnet18", "num_classes": None})
+
+
+def job_config(case: str, out: Path, tag: str, device: str):
+    from omegaconf import open_dict
+
+    overrides, epochs, _ = CASES[case]
+    if case == "resnet18" and resnet18_node() is None:
+        overrides = [*overrides, "model=resnet18"]
+    cfg = compose_job([*overrides, f"trainer.max_epochs={epochs}", "trainer.early_stopping.enabled=false",
+                       f"trainer.device={device}", f"paths.output_root={out}", f"mlflow.run_name={case}-{tag}"],
+                      out / "runs" / tag)
+    if case == "resnet18" and resnet18_node() is not None:
+        with open_dict(cfg):
+            cfg.model = resnet18_node()
+    return cfg
+
+
+def handwritten(case: str, out: Path, device_name: str) -> float:
+    """(a): the loop a researcher writes by hand. Objects come from the same config nodes as (b)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nf_trainer import create_instance
+    from nf_trainer.run import build_metrics, model_inputs, resolve_device, seed_everything
+    from nf_trainer.trainer import speed
+    from nf_trainer.transforms import build_transforms
+
+    cfg = job_config(case, out, "handwritten", device_name)
+    seed_everything(cfg.seed, False)
+    device = resolve_device(cfg.trainer.device)
+    train_tf, eval_tf = build_transforms(cfg.transforms)
+    data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
+    (val_set,) = data.eval.values()
+    train_loader = DataLoader(data.train, batch_size=cfg.loader.batch_size, shuffle=True)
+    val_loader = DataLoader(val_set, batch_size=cfg.loader.batch_size)
+    model = create_instance(cfg.model, **model_inputs(cfg.model, data)).to(device)
+    if hasattr(model, "set_swish"):
+        model.set_swish(memory_efficient=False)
+    fmt = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters(),
+                                **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
+    scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    metrics = build_metrics(cfg.metrics, data.num_classes, device)
+    dtype = speed.autocast_dtype(cfg.trainer.precision, device)
+
+    with Timer() as timer:
+        for _ in range(cfg.trainer.max_epochs):
+            model.train()
+            for images, targets in train_loader:
+                images, targets = images.to(device, memory_format=fmt), targets.to(device)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = loss_fn(model(images), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            model.eval()
+            metrics.reset()
+            with torch.inference_mode():
+                for images, targets in val_loader:
+                    images, targets = images.to(device, memory_format=fmt), targets.to(device)
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        metrics.update(model(images), targets)
+            {k: v.item() for k, v in metrics.compute().items()}
+    return cfg.trainer.max_epochs * len(data.train) / timer.seconds
+
+
+def nf_trainer_run(case: str, out: Path, device_name: str) -> float:
+    """(b): `run(cfg)`, as main.py calls it; its epoch loop (engine.fit) is timed."""
+    return run_timed(job_config(case, out, "nf_trainer", device_name))
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0], repeats=5)
+    p.add_argument("--case", choices=[*CASES, "all"], default="all")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    set_threads(args.threads)
+    print(machine())
+    out = Path(tempfile.mkdtemp(prefix="nf_parity-"))
+    try:
+        for case in CASES if args.case == "all" else [args.case]:
+            print(f"== {case}: {' '.join(CASES[case][0])}, {CASES[case][1]} epochs, device {args.device}")
+            results = alternate(lambda: handwritten(case, out, args.device), lambda: nf_trainer_run(case, out, args.device),
+                                args.repeats, "hand-written", "nf_trainer")
+            summary(f"parity {case}", *results, target=CASES[case][2], what="throughput ratio B/A (nf_trainer / hand-written)")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
