@@ -41,6 +41,7 @@ class ResourceProbe(Callback):
         client = mlflow.MlflowClient(self.tracking_uri)
         experiments = [e.experiment_id for e in client.search_experiments()]
         running = client.search_runs(experiments, "attributes.status = 'RUNNING'") if experiments else []
+        running = [r for r in running if "mlflow.parentRunId" in r.data.tags]  # the sweep's parent runs until its end
         record = {
             "job": config.hydra.job.num,
             "status": job_return.status.name,
@@ -103,7 +104,10 @@ def main() -> int:
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("nf_trainer")
-    statuses = [r.info.status for r in client.search_runs([experiment.experiment_id])] if experiment else []
+    found = client.search_runs([experiment.experiment_id]) if experiment else []
+    # the jobs' runs, then the sweep's parent run, which must have ended FINISHED too
+    statuses = [r.info.status for r in found if "mlflow.parentRunId" in r.data.tags]
+    statuses += [] if all(r.info.status == "FINISHED" for r in found) else ["parent not FINISHED"]
     records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     result = verdict(records, statuses, args.jobs, args.max_growth_mb) if len(records) >= WARMUP else {"ok": False, "jobs": len(records)}
     (out / "soak.json").write_text(json.dumps(result, indent=2))

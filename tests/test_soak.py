@@ -14,8 +14,9 @@ def test_sequential_jobs_leave_no_open_run_no_open_files_and_listen_nowhere(tmp_
     assert result.returncode == 0 and report["ok"], (report, result.stderr[-3000:])
     assert all(report["checks"].values()) and len(report["checks"]) == 7
 
-    found = runs(tmp_path)
-    assert len(found) == 6 and {r.info.status for r in found} == {"FINISHED"}
+    found = runs(tmp_path)  # the sweep's parent run and its 6 children
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(found) == 7 and len(children) == 6 and {r.info.status for r in found} == {"FINISHED"}
     records = [json.loads(line) for line in (tmp_path / "soak.jsonl").read_text().splitlines()]
     assert [r["job"] for r in records] == list(range(6))
     assert max(r["open_files"] for r in records[1:]) <= records[1]["open_files"]  # no growth once warm
