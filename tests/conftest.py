@@ -27,6 +27,22 @@ def run_main(*overrides: str, out: Path, cwd: Path | None = None, check: bool = 
     return result
 
 
+def run_probed(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`python main.py <args>` under a probe that prints, after main.py returns or exits, its exit code
+    (`EXIT: <code>` on stderr) and which heavy modules it imported (`HEAVY: [...]` on stdout)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"  # this checkout's package, as `python main.py` gets it
+        f"sys.argv = [{str(MAIN)!r}] + sys.argv[1:]\n"
+        "try:\n"
+        f"    runpy.run_path({str(MAIN)!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('EXIT:', exc.code, file=sys.stderr)\n"
+        "print('HEAVY:', sorted(m for m in ('torch', 'mlflow', 'torchmetrics', 'torchvision') if m in sys.modules))\n")
+    return subprocess.run([sys.executable, str(probe), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+
 def store_uri(out: Path) -> str:
     return f"sqlite:///{out}/mlflow.db"
 

@@ -11,8 +11,6 @@ import ctypes
 import hashlib
 import resource
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,7 +18,7 @@ from typing import Callable
 import pytest
 import torch
 
-from tests.conftest import MAIN, run_main, runs
+from tests.conftest import run_main, run_probed, runs
 from tests.data_files import make_image_folder
 
 FAST = ("debug=fast", "trainer.progress_bar=false")
@@ -190,15 +188,5 @@ def test_bad_input(case: Case, store, tmp_path):
 
 @pytest.mark.parametrize("override", ["trainer.max_epochs=0", "trainer.epochs=3", "optimizer.lr=-1"])
 def test_config_errors_come_before_any_heavy_import(override, tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import runpy, sys\n"
-        f"sys.path.insert(0, {str(MAIN.parent)!r})\n"  # this checkout's package, as `python main.py` gets it
-        f"sys.argv = [{str(MAIN)!r}, {override!r}, 'paths.output_root={tmp_path}']\n"
-        "try:\n"
-        f"    runpy.run_path({str(MAIN)!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    print('EXIT:', exc.code, file=sys.stderr)\n"
-        "print('HEAVY:', sorted(m for m in ('torch', 'mlflow', 'torchmetrics', 'torchvision') if m in sys.modules))\n")
-    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = run_probed(override, f"paths.output_root={tmp_path}", tmp_path=tmp_path)
     assert "HEAVY: []" in result.stdout and "EXIT:" in result.stderr, result.stderr[-2000:]

@@ -1,14 +1,12 @@
 """The real conf/ composes for every group option; core keys are typed; --help stays light."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException
 
 from nf_trainer.config import register_configs
-from tests.conftest import MAIN, ROOT
+from tests.conftest import MAIN, ROOT, run_probed
 
 CONF = ROOT / "conf"
 GROUPS = ["optimizer", "scheduler", "loss", "model", "dataset", "transforms", "metrics", "trainer", "mlflow", "debug"]
@@ -59,19 +57,8 @@ def test_bad_overrides_fail_at_composition(override, needle):
 
 
 def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import runpy, sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"  # this checkout's package, as `python main.py` gets it
-        f"sys.argv = [{str(MAIN)!r}] + sys.argv[1:]\n"
-        "try:\n"
-        f"    runpy.run_path({str(MAIN)!r}, run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'mlflow', 'torchmetrics', 'torchvision') if m in sys.modules)\n"
-        "print('HEAVY:', heavy)\n"
-    )
     for flag in (["--help"], ["--cfg", "job"]):
-        result = subprocess.run([sys.executable, str(probe), *flag], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        result = run_probed(*flag, tmp_path=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "HEAVY: []" in result.stdout
     help_text = subprocess.run([sys.executable, str(MAIN), "--help"], capture_output=True, text=True, timeout=60).stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from nf_trainer.dataset.combine import combine
 from nf_trainer.dataset.csv_manifest import csv_manifest
