@@ -17,7 +17,13 @@ from nf_trainer.dataset.splits import DataSplits
 
 def record_data(tracker, data: DataSplits, out_dir: Path) -> None:
     """Log the inputs, the bad-file count and list through the run's `Tracker`."""
-    tracker.client.log_inputs(tracker.run_id, datasets=dataset_inputs(data))
+    from mlflow.exceptions import MlflowException
+
+    inputs = dataset_inputs(data)
+    try:
+        tracker.client.log_inputs(tracker.run_id, datasets=inputs)
+    except MlflowException:  # parallel sweep jobs registering the same dataset at once (a UNIQUE race): it exists now
+        tracker.client.log_inputs(tracker.run_id, datasets=inputs)
     tracker.log_metrics({"data/bad_files": len(data.bad_files)}, step=0)
     if data.bad_files:
         listing = Path(out_dir) / "bad_files.tsv"
