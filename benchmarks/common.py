@@ -14,9 +14,10 @@ if str(ROOT) not in sys.path:  # run from a clean clone without `pip install -e 
     sys.path.insert(0, str(ROOT))
 
 
-def parser(description: str, repeats: int) -> argparse.ArgumentParser:
+def parser(description: str, repeats: int | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--repeats", type=int, default=repeats, help="A/B pairs measured (after one warm-up pair)")
+    p.add_argument("--repeats", type=int, default=repeats, help="A/B pairs measured (after one warm-up pair)"
+                   + ("" if repeats else "; default: per case"))
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     return p
 
