@@ -9,6 +9,13 @@ view, a normalized float (3, 224, 224) tensor:
 (B) nf_trainer: `torchvision.io.decode_image` to a uint8 tensor, then transforms v2 on uint8:
     RandomResizedCrop, RandomHorizontalFlip, ToDtype(float32, scale=True), Normalize.
 One thread, like a DataLoader worker (workers run torch.set_num_threads(1)). Target B/A >= 1.3.
+
+    python benchmarks/data.py --to-gpu [--workers 8]      # on a CUDA machine
+
+The whole loader path into the GPU, as `dataset=image_folder transforms=imagenet` builds it
+(nf_trainer.run.build_data, pinned memory): (A) float32 batches normalized by the workers, then copied;
+(B) `loader.normalize_on_device` (the CUDA default): uint8 batches copied, ToDtype/Normalize on the GPU.
+Prints images/s delivered to the GPU and the ratio B/A (no target: it depends on the CPU/GPU balance).
 """
 from __future__ import annotations
 
@@ -79,11 +86,49 @@ def throughput(load, paths) -> float:
     return len(paths) / timer.seconds
 
 
+def to_gpu(folder: Path, workers: int, on_device: bool) -> float:
+    """Images/s of one pass over the train loader, batches on the GPU and normalized (waits for the GPU)."""
+    import torch
+
+    from common import compose_job
+    from nf_trainer.run import build_data
+
+    cfg = compose_job(["dataset=image_folder", f"dataset.root={folder / 'images'}", "dataset.val_fraction=0.1",
+                       "transforms=imagenet", "loader.batch_size=64", f"loader.num_workers={workers}",
+                       f"loader.normalize_on_device={on_device}", f"paths.output_root={folder}/out"], folder / "out")
+    device = torch.device("cuda")
+    _, loaders, _ = build_data(cfg, device)
+    seen = 0
+    with Timer() as timer:
+        for images, _ in loaders["train"]:
+            images = images.to(device, non_blocking=True)  # (A) copies here; (B) arrives on the GPU
+            seen += images.shape[0]
+        torch.cuda.synchronize()
+    assert images.dtype == torch.float32 and images.is_cuda
+    return seen / timer.seconds
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0], repeats=7)
     p.add_argument("--images", type=int, default=200)
+    p.add_argument("--to-gpu", action="store_true", help="time the loader path into a CUDA GPU instead")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers for --to-gpu")
     args = p.parse_args()
     import torch
+
+    if args.to_gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("data.py --to-gpu: no CUDA GPU on this machine")
+        folder = Path(tempfile.mkdtemp(prefix="nf_data-"))
+        try:
+            make_jpegs(folder / "images", args.images)
+            print(f"{machine()}; {torch.cuda.get_device_name()}; {args.images} JPEGs, {args.workers} workers, batch 64")
+            results = alternate(lambda: to_gpu(folder, args.workers, False), lambda: to_gpu(folder, args.workers, True),
+                                args.repeats, "host normalize", "uint8 + GPU normalize")
+            summary("data-to-gpu", *results, target=0.0, what="images/s into the GPU, ratio B/A")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
 
     torch.set_num_threads(args.threads or 1)  # one DataLoader worker
     print(machine())

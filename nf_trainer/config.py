@@ -60,6 +60,7 @@ class LoaderConf:
     eval_batch_size: Optional[int] = None  # defaults to batch_size
     num_workers: int = 0
     pin_memory: Optional[bool] = None  # None: on when training on CUDA
+    normalize_on_device: Optional[bool] = None  # collate uint8, ToDtype/Normalize on the device; None: on CUDA
     persistent_workers: bool = False
     prefetch_factor: Optional[int] = None
     drop_last: bool = False

@@ -103,6 +103,7 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
                "data.in_channels": str(data.in_channels), "model.num_params": str(sum(p.numel() for p in model.parameters()))}
     params |= {f"data.{name}.size": str(len(ds)) for name, ds in data.eval.items()}
     tags = {"overrides": " ".join(overrides) or "(none)", "output_dir": str(out_dir), **git_info(),
+            "device": describe_device(device), "precision": step_settings.precision,  # what trainer.*=auto chose
             **{str(k): str(v) for k, v in cfg.mlflow.tags.items()}, **(extra_tags or {})}
     run_name = cfg.mlflow.run_name or default_run_name(cfg, hydra_cfg.runtime.choices, overrides)
     params["trainer.world_size"] = str(ddp.world_size)
@@ -124,6 +125,15 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
         log_checkpoints(tracker, out_dir, cfg.mlflow.log_checkpoints)
         tracker.log_artifact(out_dir / f"{hydra_cfg.job.name}.log")
     return objective
+
+
+def describe_device(device) -> str:
+    """'cpu', or 'cuda:0 (NVIDIA H200)'."""
+    import torch
+
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -160,13 +170,18 @@ def build_data(cfg: DictConfig, device, ddp=None):
     from nf_trainer.dataset.files import collate_valid
     from nf_trainer.dataset.splits import class_balanced_sampler
     from nf_trainer.sweep import dataloader_start_method
-    from nf_trainer.transforms import build_transforms
+    from nf_trainer.transforms import build_transforms, build_transforms_for_device
+    from nf_trainer.transforms.on_device import OnDevice
 
-    train_tf, eval_tf = build_transforms(cfg.transforms)
+    lc = cfg.loader
+    on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
+    if on_device:
+        train_tf, eval_tf, device_tf = build_transforms_for_device(cfg.transforms)
+    else:
+        (train_tf, eval_tf), device_tf = build_transforms(cfg.transforms), None
     data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
     if len(data.train) == 0:
         raise NfTrainerError("the dataset has no train images: check dataset.root, dataset.train_csv, dataset.val_fraction")
-    lc = cfg.loader
     common = dict(
         num_workers=lc.num_workers,
         multiprocessing_context=dataloader_start_method() if lc.num_workers > 0 else None,  # fork under joblib
@@ -190,6 +205,8 @@ def build_data(cfg: DictConfig, device, ddp=None):
     for name, dataset in data.eval.items():
         loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
                                    sampler=shard(dataset, False), **common)
+    if device_tf is not None:
+        loaders = {name: OnDevice(loader, device, device_tf) for name, loader in loaders.items()}
     return data, loaders, generator
 
 

@@ -214,3 +214,26 @@ def test_average_over_eval_sets_is_a_monitor_name():
     assert resolve_key("avg/f1", ["a", "b"], known) == "val/avg/f1"
     assert resolve_key("val/avg/f1", ["a", "b"], known) == "val/avg/f1"
     assert resolve_key("f1", ["a", "b"], known) == "val/a/f1"
+
+
+def test_normalize_on_device_gives_the_host_pipelines_batches(clean_folder):
+    """loader.normalize_on_device (the CUDA default): workers stop at uint8, ToDtype/Normalize run on the batch."""
+    from nf_trainer.run import build_data
+    from nf_trainer.transforms.on_device import OnDevice
+
+    def batches(on_device: bool, *extra):
+        cfg = compose_cfg("dataset=image_folder", f"dataset.root={clean_folder}", "transforms=imagenet",
+                          "transforms.image_size=16", "loader.batch_size=8", f"loader.normalize_on_device={on_device}", *extra)
+        _, loaders, _ = build_data(cfg, torch.device("cpu"))
+        torch.manual_seed(0)  # the same random crops and flips either way
+        return loaders, [(split, images, targets) for split, loader in loaders.items() for images, targets in loader]
+
+    host_loaders, host = batches(False)
+    device_loaders, device = batches(True)
+    assert not isinstance(host_loaders["train"], OnDevice) and isinstance(device_loaders["train"], OnDevice)
+    assert next(iter(device_loaders["train"].loader))[0].dtype == torch.uint8  # what crosses to the GPU
+    assert len(device) == len(host) > 2
+    for (split, a, ta), (_, b, tb) in zip(host, device):
+        assert a.dtype == b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-6) and torch.equal(ta, tb), split
+    erasing_loaders, _ = batches(True, "transforms/erasing=random_erasing")  # train ends after Normalize: all stays on the host
+    assert not isinstance(erasing_loaders["train"], OnDevice)

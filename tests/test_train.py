@@ -31,6 +31,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     assert params["data.train_size"] == "1437" and params["data.digits.size"] == "360"
     assert run.info.run_name == "simple_cnn-adamw-lr0.003"
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
+    assert tags["device"] == "cpu" and tags["precision"] == "32"  # what trainer.device/precision=auto chose
     assert tags["overrides"] == f"mlflow.log_model=false paths.output_root={out}" and tags["output_dir"].startswith(str(out))
     for key in ("train/loss", "train/accuracy", "val/digits/loss", "val/digits/accuracy", "val/digits/precision",
                 "val/digits/recall", "val/digits/f1", "lr"):

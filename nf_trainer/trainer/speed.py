@@ -98,6 +98,11 @@ class Speed:
     clip_norm: float | None = None
     ema: EMA | None = None
 
+    @property
+    def precision(self) -> str:
+        """'32', 'bf16' or '16': what `trainer.precision` (auto) chose."""
+        return _precision_name(self.dtype)
+
     def to_device(self, images, targets, device):
         fmt = torch.channels_last if self.channels_last and images.dim() == 4 else torch.preserve_format
         return images.to(device, non_blocking=True, memory_format=fmt), targets.to(device, non_blocking=True)

@@ -23,6 +23,32 @@ def build_transforms(cfg: DictConfig):
     return build_pipeline(cfg.get("train")), build_pipeline(cfg.get("eval"))
 
 
+DEVICE_STEPS = ("ToDtype", "Normalize")  # per-pixel float work that a GPU does on the whole batch at once
+
+
+def build_transforms_for_device(cfg: DictConfig):
+    """(train, eval, device) pipelines: the ToDtype/Normalize steps that train and eval both end with move
+    to a third pipeline, run on the device on whole batches (nf_trainer.transforms.on_device). The loader
+    workers then stop at uint8, so batches cross to the GPU at a quarter of the bytes. None for device
+    when the two splits end differently (e.g. `transforms/erasing` after Normalize): all stays on the host."""
+    def nodes(key):
+        listed = cfg.get(key)
+        listed = OmegaConf.to_container(listed, resolve=True) if OmegaConf.is_config(listed) else list(listed or [])
+        return [node for node in listed if node is not None]
+
+    def moves(node) -> bool:
+        target = str(node.get("_target_") or node.get("module") or "") if isinstance(node, dict) else ""
+        return target.rsplit(".", 1)[-1] in DEVICE_STEPS
+
+    train, eval_ = nodes("train"), nodes("eval")
+    k = 0
+    while k < min(len(train), len(eval_)) and train[-1 - k] == eval_[-1 - k] and moves(train[-1 - k]):
+        k += 1
+    if k == 0:
+        return build_pipeline(train), build_pipeline(eval_), None
+    return build_pipeline(train[:-k]), build_pipeline(eval_[:-k]), build_pipeline(train[-k:])
+
+
 def build_batch_transform(cfg: DictConfig, num_classes: int):
     """MixUp and/or CutMix over whole train batches (transforms.mixup_alpha / cutmix_alpha > 0), or None.
 
