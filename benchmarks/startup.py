@@ -5,8 +5,9 @@
 - help:        `python main.py --help` (must not import torch or mlflow);
 - floor:       `python -c "import torch, torchvision, mlflow, hydra"`, the bare imports any job needs, until
                they are done (a marker line; the process's exit is not counted, as for the first step);
-- first step:  `python main.py` (default job, existing MLflow store) until its first training forward pass
-               starts (a global forward pre-hook prints a marker and ends the process there).
+- first step:  `python main.py` (default job, existing MLflow store) until the model's first training forward
+               pass starts (a global forward pre-hook on modules with weights prints a marker and ends the
+               process there; the data transforms, also modules, do not count).
 Target: first step - floor <= 1 s. Each is a fresh process, timed from spawn; repeats alternate.
 The job's imports beyond the floor are listed from `python -X importtime`, largest first.
 """
@@ -34,7 +35,8 @@ import os, runpy, sys
 import torch
 
 def first_step(module, args):
-    if module.training and torch.is_grad_enabled():
+    # a module with weights (transforms v2 are modules too, without any), training, with autograd on
+    if module.training and torch.is_grad_enabled() and next(module.parameters(), None) is not None:
         print("{MARKER}", flush=True)
         os._exit(0)
 

@@ -45,7 +45,7 @@ def record_failure(tracker, exc: BaseException) -> None:
     message = " ".join(str(exc).split()) or type(exc).__name__
     try:
         tracker.set_tags({"error": message[:MAX_TAG], "error.type": type(exc).__name__})
-        tracker.client.log_text(tracker.run_id, "".join(traceback.format_exception(exc)), "error/traceback.txt")
+        tracker.log_text("".join(traceback.format_exception(exc)), "error/traceback.txt")
     except Exception as log_error:  # the tracking store itself may be what failed
         log.warning("could not record the error in MLflow: %s", log_error)
 

@@ -26,7 +26,7 @@ def log_model(model: torch.nn.Module, example: torch.Tensor, classes: list[str],
         output = model(example)
     # log_model reads the global tracking URI and experiment (the run is given by id): point both at this run's.
     mlflow.set_tracking_uri(tracker.tracking_uri)
-    mlflow.set_experiment(experiment_id=tracker.client.get_run(tracker.run_id).info.experiment_id)
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).info.experiment_id)
     info = mlflow.pytorch.log_model(
         model, name="model", run_id=tracker.run_id, serialization_format="pt2",
         input_example=example.numpy(), signature=infer_signature(example.numpy(), output.numpy()),

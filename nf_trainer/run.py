@@ -23,13 +23,35 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
     if cfg.mode != "train":  # eval, predict, export: a trained checkpoint (nf_trainer/inference.py)
         from nf_trainer.inference import run_mode
         return run_mode(cfg)
+    tracker = open_tracker(cfg.mlflow)  # first: MLflow's imports and store open overlap ours, in a child process
+    try:
+        return train(cfg, tracker, extra_tags)
+    finally:
+        tracker.close()
+
+
+def open_tracker(mlflow_cfg: DictConfig):
+    """The run's tracker (nf_trainer/tracking_process.py) on rank 0; a no-op one on the other ranks of a
+    torchrun or multi-task SLURM job. Called before torch.distributed is up: the rank comes from the environment."""
+    import os
+
+    from nf_trainer.tracking import NullTracker
+    from nf_trainer.tracking_process import TrackerProcess
+
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0":
+        return NullTracker()
+    return TrackerProcess(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, mlflow_cfg.artifact_location,
+                          mlflow_cfg.system_metrics)
+
+
+def train(cfg: DictConfig, tracker, extra_tags: dict[str, str] | None = None) -> float | None:
     import torch
 
     from nf_trainer.dataset.inputs import record_data
     from nf_trainer.evaluate import after_fit
     from nf_trainer.failure import tracked_outcome
     from nf_trainer.model.finetune import build_optimizer
-    from nf_trainer.tracking import NullTracker, Tracker, flatten, git_info, redact
+    from nf_trainer.tracking import NullTracker, flatten, git_info, redact
     from nf_trainer.trainer import distributed, engine, speed
     from nf_trainer.transforms import build_batch_transform
     from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
@@ -95,8 +117,9 @@ def run(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> float | No
             raise NfTrainerError(f"checkpoint '{cfg.resume}' does not fit this optimizer or scheduler "
                                  f"(was it trained with other ones?): {' '.join(str(exc).split())[:300]}") from exc
 
-    tracker = Tracker(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location,
-                      cfg.mlflow.system_metrics) if ddp.is_main else NullTracker()
+    if not ddp.is_main and not isinstance(tracker, NullTracker):  # only rank 0 talks to MLflow
+        tracker.close()
+        tracker = NullTracker()
     overrides = list(hydra_cfg.overrides.task)
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params |= {"data.num_classes": str(data.num_classes), "data.train_size": str(len(data.train)),
@@ -133,7 +156,8 @@ def describe_device(device) -> str:
 
     if device.type != "cuda":
         return str(device)
-    return f"{device} ({torch.cuda.get_device_name(device)})"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

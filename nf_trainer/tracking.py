@@ -241,6 +241,24 @@ class Tracker:
                     self._scrub_file(path)
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, scrub(text, self._secrets), artifact_file)
+
+    def log_inputs(self, described: list[dict]) -> None:
+        """MLflow dataset inputs from `nf_trainer.dataset.inputs.describe_inputs`."""
+        from mlflow.data import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [DatasetInput(dataset=from_numpy(d["labels"], source=_dataset_source(d["source"]), name=d["name"],
+                                                  digest=d["digest"])._to_mlflow_entity(),
+                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in described]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException:  # parallel sweep jobs registering the same dataset at once (a UNIQUE race): it exists now
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -284,9 +302,26 @@ class Tracker:
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
 
 
+def _dataset_source(text: str):
+    """A local source for paths, a code source (named by the text) for the rest (sklearn's digits)."""
+    import os
+    import warnings
+
+    if os.path.exists(text.split(" (")[0]):
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+        with warnings.catch_warnings():  # MLflow registers two local sources and warns it picked one
+            warnings.simplefilter("ignore")
+            return resolve_dataset_source(text)
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    return CodeDatasetSource(tags={"source": text})
+
+
 class NullTracker:
     """Stands in for Tracker on ranks > 0 under torchrun: only rank 0 talks to MLflow."""
     run_id = None
+    tracking_uri = None
 
     def start(self, *args, **kwargs):
         return None

@@ -48,6 +48,7 @@ class ResourceProbe(Callback):
             "open_files": me.num_fds(),
             "rss_mb": round(me.memory_info().rss / 2**20, 1),
             "threads": threading.active_count(),
+            "child_processes": len(me.children(recursive=True)),  # the job's tracker process has left
             "listening": [f"{c.laddr.ip}:{c.laddr.port}" for c in me.net_connections("all") if c.status == "LISTEN"],
             "active_mlflow_run": mlflow.active_run() is not None,
             "running_runs": len(running),
@@ -66,6 +67,7 @@ def verdict(records: list[dict], statuses: list[str], jobs: int, max_growth_mb: 
         "open files do not grow": max(r["open_files"] for r in records[WARMUP - 1:]) <= warm["open_files"],
         "memory growth bounded": last["rss_mb"] - warm["rss_mb"] < max_growth_mb,
         "nothing listens": not any(r["listening"] for r in records),
+        "no process left behind": not any(r["child_processes"] for r in records),
     }
     return {
         "jobs": jobs,

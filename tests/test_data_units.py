@@ -237,3 +237,20 @@ def test_normalize_on_device_gives_the_host_pipelines_batches(clean_folder):
         assert a.dtype == b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-6) and torch.equal(ta, tb), split
     erasing_loaders, _ = batches(True, "transforms/erasing=random_erasing")  # train ends after Normalize: all stays on the host
     assert not isinstance(erasing_loaders["train"], OnDevice)
+
+
+@pytest.mark.parametrize("labels,fraction,seed", [
+    (None, 0.2, 0), (None, 0.2, 3), (None, 0.35, 1),  # None: the digits labels
+    ([0] * 7 + [1] * 5 + [2] * 3 + [3] * 2, 0.3, 0), (["b", "a", "c", "a", "b", "c", "a", "b"] * 3, 0.25, 5),
+])
+def test_stratified_split_is_sklearns_train_test_split(labels, fraction, seed):
+    """Written out to keep sklearn out of startup, the split stays scikit-learn's, index for index."""
+    from sklearn.model_selection import train_test_split
+
+    from nf_trainer.dataset.digits import load_digits
+    from nf_trainer.dataset.splits import stratified_split
+
+    labels = load_digits()[1].tolist() if labels is None else labels
+    indices = list(range(len(labels)))
+    expected = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
+    assert stratified_split(labels, fraction, seed, "x") == tuple(list(part) for part in expected)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -84,8 +85,12 @@ def reference(tmp_path_factory) -> Path:
 def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(reference, tmp_path):
     proc = start_main(*SETUP, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
+    tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking_process" in " ".join(c.cmdline())]
+    assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking_process.py)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(60) == -signal.SIGKILL
+    _, alive = psutil.wait_procs(tracker, timeout=15)
+    assert not alive, "the tracker process leaves when the job is gone"
     (killed,) = runs(tmp_path)
     assert killed.info.status == "RUNNING"  # nothing can run on SIGKILL: the resume below ends it
     resumed_from = last_checkpoint(tmp_path)

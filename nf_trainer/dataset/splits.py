@@ -49,45 +49,61 @@ class TensorImageDataset(Dataset):
 
 
 def stratified_split(labels, val_fraction: float | None, seed: int, where: str) -> tuple[list[int], list[int]]:
-    """Indices (train, val), each sorted, keeping each class's share; the same labels and seed give the same split.
+    """Indices (train, val) keeping each class's share; the same labels and seed give the same split.
 
     val_fraction None: no split, everything is val (an eval-only member of dataset=multi).
-    Written here rather than taken from scikit-learn: importing sklearn.model_selection (and SciPy) costs
-    about a second of every run's startup. Like sklearn's stratified split, the val set has
-    ceil(val_fraction * n) images, shared out over the classes in proportion (largest remainders first)."""
+    The split is exactly scikit-learn's `train_test_split(..., stratify=labels, random_state=seed)`
+    (its StratifiedShuffleSplit, step for step: tests/test_data_units.py compares the two), so runs keep
+    the val sets they always had; it is written out here because importing sklearn.model_selection (and
+    SciPy) would cost every run about a second of startup."""
     import math
 
     import numpy as np
 
-    labels = list(labels)
     indices = list(range(len(labels)))
     if val_fraction is None:
         return [], indices
-
-    def refuse(why: str):
+    classes, y_indices, class_counts = np.unique(np.asarray(list(labels)), return_inverse=True, return_counts=True)
+    n_val = math.ceil(val_fraction * len(indices))
+    n_train = len(indices) - n_val
+    why = None
+    if class_counts.min() < 2:
+        why = f"the least populated classes have only 1 member: {classes[class_counts < 2].tolist()}"
+    elif min(n_train, n_val) < len(classes):
+        why = f"{n_train} train and {n_val} val images for {len(classes)} classes"
+    if why:
         raise NfTrainerError(f"cannot split {where} into train/val by val_fraction={val_fraction} keeping class "
                              f"balance: {why}. Add images, change val_fraction, or give a separate val set")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_val, rng)
+    train, val = [], []
+    for i in range(len(classes)):
+        shuffled = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(shuffled[: n_i[i]])
+        val.extend(shuffled[n_i[i]: n_i[i] + t_i[i]])
+    return rng.permutation(train).tolist(), rng.permutation(val).tolist()
 
-    by_class: dict = {}
-    for index, label in enumerate(labels):
-        by_class.setdefault(label, []).append(index)
-    n, n_val = len(labels), math.ceil(val_fraction * len(labels))
-    if min((len(members) for members in by_class.values()), default=0) < 2:
-        refuse("a class has fewer than 2 images")
-    if n_val < len(by_class) or n - n_val < len(by_class):
-        refuse(f"{n_val} val and {n - n_val} train images for {len(by_class)} classes")
-    classes = sorted(by_class, key=str)
-    exact = [len(by_class[c]) * n_val / n for c in classes]
-    quota = [math.floor(share) for share in exact]
-    by_remainder = sorted(range(len(classes)), key=lambda i: (quota[i] - exact[i], i))
-    for i in by_remainder[:n_val - sum(quota)]:
-        quota[i] += 1
-    rng = np.random.default_rng(seed)
-    val: list[int] = []
-    for c, k in zip(classes, quota):
-        val += [by_class[c][j] for j in rng.permutation(len(by_class[c]))[:k]]
-    chosen = set(val)
-    return [i for i in indices if i not in chosen], sorted(val)
+
+def _approximate_mode(class_counts, n_draws: int, rng):
+    """How many of `n_draws` each class gets: the floor of its share, then one more for the largest remainders
+    (ties drawn at random), as sklearn.utils.extmath._approximate_mode."""
+    import numpy as np
+
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def targets_of(dataset: Dataset) -> torch.Tensor:

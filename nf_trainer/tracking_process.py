@@ -1,0 +1,175 @@
+"""The training run's `Tracker` in a child process: MLflow's imports, its store and every write run beside training.
+
+Opening MLflow's SQL store costs a job about 2 s of imports (SQLAlchemy, alembic, MLflow's own) and each
+write ~10 ms of CPU. In a child process, started before the job imports torch, that work overlaps the
+job's own start and never takes the training loop's time (or its GIL). Calls that return something
+(`start`, `log_objective`, `end`) wait for the child; the others are queued, in order. A queued write that
+failed is raised by the next call that waits, so no failure goes unseen.
+
+The child ignores SIGINT and SIGTERM: the job decides how its run ends (KILLED on Ctrl-C) and says so.
+It leaves when the job closes it, or when the job's process is gone (SIGKILL: the run stays RUNNING).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from nf_trainer.errors import NfTrainerError
+
+log = logging.getLogger("nf_trainer")
+
+
+class TrackerProcess:
+    """Stands in for `nf_trainer.tracking.Tracker`, the same calls, with the Tracker living in a child."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+                 system_metrics: bool = False):
+        self.tracking_uri, self.run_id = tracking_uri, None
+        package_root = str(Path(__file__).resolve().parents[1])  # importable in the child without an install
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen([sys.executable, "-m", "nf_trainer.tracking_process"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._outbox = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+        self._inbox = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+        self._process.stdin.close()
+        self._process.stdout.close()
+        self._calls = 0  # numbers the waiting calls: a reply left unread by a Ctrl-C is skipped, not misread
+        self._call("__init__", tracking_uri, experiment_name, artifact_location, system_metrics)
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        self.run_id = self._call("start", run_name, params, tags, resume_run_id, wait=True)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_metrics", metrics, step)
+
+    def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._call("log_step_metrics", metrics, step)
+
+    def log_objective(self, key: str, mode: str) -> float:
+        return self._call("log_objective", key, mode, wait=True)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._call("log_text", text, artifact_file)
+
+    def log_inputs(self, described: list[dict]) -> None:
+        self._call("log_inputs", described)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._call("set_tags", tags)
+
+    def end(self, status: str) -> None:
+        self._call("end", status, wait=True)
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Let the child finish what is queued and leave (a remote server may need a while)."""
+        if self._process is None:
+            return
+        try:
+            self._outbox.send(None)
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the MLflow tracker process did not finish its writes in %.0f s: stopped", timeout)
+            self._process.kill()
+            self._process.wait()
+        self._outbox.close()
+        self._inbox.close()
+        self._process = None
+
+    def _call(self, method: str, *args, wait: bool = False):
+        if self._process is None:
+            raise NfTrainerError(f"MLflow tracker call '{method}' after the tracker was closed")
+        number = self._calls = self._calls + 1
+        try:
+            self._outbox.send((number if wait else 0, method, args))
+            while wait:
+                replied, ok, value = self._inbox.recv()
+                if replied == number:
+                    if not ok:
+                        raise value
+                    return value
+        except (OSError, EOFError):
+            raise NfTrainerError(f"the MLflow tracker process ended (exit code {self._process.poll()}) during "
+                                 f"'{method}': see the errors above") from None
+        return None
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else an NfTrainerError with its text (some MLflow errors do not)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return NfTrainerError(f"MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+
+
+def warm_up(tracking_uri: str) -> None:
+    """The imports the run's first calls need, while the job is still importing torch."""
+    import mlflow.data  # noqa: F401  (dataset inputs)
+    from mlflow import MlflowClient  # noqa: F401
+
+    if tracking_uri.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (SQLAlchemy, alembic: most of the time)
+
+
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """The child: run each call on a real Tracker, in order; reply to the ones that wait."""
+    from nf_trainer.tracking import Tracker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    tracker, settings, failed = None, None, None  # failed: the first queued call that raised, for the next waiting call
+    while True:
+        if not inbox.poll(1.0):
+            if os.getppid() != parent:  # the job is gone without closing us
+                break
+            continue
+        try:
+            message = inbox.recv()
+        except EOFError:
+            break
+        if message is None:
+            break
+        number, method, args = message
+        try:
+            if method == "__init__":  # import now, open the store at the first call: a job that fails before
+                settings = args       # its run starts leaves no store behind, as before
+                warm_up(settings[0])
+                continue
+            if tracker is None:
+                tracker = Tracker(*settings)
+            if number and failed is not None and method != "end":
+                raise failed
+            value = getattr(tracker, method)(*args)
+            if number and failed is not None:
+                raise failed
+            if number:
+                outbox.send((number, True, value))
+        except Exception as exc:
+            if number:
+                failed = None if exc is failed else failed
+                outbox.send((number, False, _portable(exc)))
+            else:
+                log.warning("MLflow %s failed: %s", method, " ".join(str(exc).split())[:500])
+                failed = failed or exc
+
+
+if __name__ == "__main__":
+    # messages come on stdin and replies go out on the real stdout; print() and logs go to stderr
+    replies = os.dup(1)
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][nf_trainer.tracker][%(levelname)s] - %(message)s")
+    serve(Connection(os.dup(0), writable=False), Connection(replies, readable=False))
