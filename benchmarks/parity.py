@@ -58,6 +58,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     from torch.utils.data import DataLoader
 
     from nf_trainer import create_instance
+    from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.run import build_metrics, model_inputs, resolve_device, seed_everything
     from nf_trainer.trainer import speed
     from nf_trainer.transforms import build_transforms
@@ -75,7 +76,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
         model.set_swish(memory_efficient=False)
     fmt = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    optimizer = create_instance(cfg.optimizer, torch.optim, params=model.parameters(),
+    optimizer = build_optimizer(cfg.optimizer, model,  # the optimizer node minus nf_trainer's own `head_lr` key
                                 **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
     scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
