@@ -85,18 +85,19 @@ def train(cfg: DictConfig, tracker, extra_tags: dict[str, str] | None = None) ->
     if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
         scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
     loss_fn = create_instance(cfg.loss, torch.nn, **model_inputs(cfg.loss, data)).to(device)
-    train_metrics = build_metrics(cfg.metrics, data.num_classes, device)
+    train_metrics = build_metrics(cfg.metrics, data.num_classes, device, train=True)
 
     eval_sets = list(data.eval)
     watched = eval_sets + (["avg"] if len(eval_sets) > 1 else [])  # val/avg/<metric>: the mean over eval sets
     known = {f"val/{name}/{m}" for name in watched for m in ["loss", *cfg.metrics]}
-    known |= {f"train/{m}" for m in ["loss", *cfg.metrics]}
+    known |= {f"train/{m}" for m in ["loss", *train_metrics]}
     objective_key = resolve_key(cfg.objective.metric, eval_sets, known)
     job = engine.Job(
         model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
         train_loader=loaders["train"], train_generator=generator,
         eval_loaders={name: loaders[name] for name in eval_sets},
-        train_metrics=speed.BatchedUpdates(train_metrics), eval_metrics={name: train_metrics.clone() for name in eval_sets},
+        train_metrics=speed.BatchedUpdates(train_metrics),
+        eval_metrics={name: build_metrics(cfg.metrics, data.num_classes, device) for name in eval_sets},
         device=device, speed=step_settings, seed=cfg.seed, max_epochs=cfg.trainer.max_epochs,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_eval_batches=cfg.trainer.limit_eval_batches,
         log_every_n_steps=cfg.trainer.log_every_n_steps, progress_bar=cfg.trainer.progress_bar and ddp.is_main,
@@ -252,13 +253,23 @@ def load_weights(model, ckpt: dict, path: Path) -> None:
         raise NfTrainerError(f"checkpoint '{path}' does not fit this model (was it trained with another model=?): {detail}") from exc
 
 
-def build_metrics(metrics_cfg: DictConfig, num_classes: int, device):
+def build_metrics(metrics_cfg: DictConfig, num_classes: int, device, train: bool = False):
+    """The `metrics` entries as one MetricCollection; for the train set (`train`), without the entries marked
+    `eval_only: true` (our key, not torchmetrics': AUROC's and calibration's per-batch cost shows next to a
+    small model's step, and on the train set they say little)."""
+    import copy
+
+    from omegaconf import open_dict
     from torchmetrics import MetricCollection
 
     def build(node):  # top_k is capped at the class count: top-5 accuracy still builds for 3 classes
+        node = copy.copy(node)  # keeps its key: errors still say 'metrics.<name>'
+        with open_dict(node):
+            node.pop("eval_only", None)
         return create_instance(node, num_classes=num_classes, **({"top_k": min(node.top_k, num_classes)} if node.get("top_k") else {}))
 
-    return MetricCollection({name: build(node) for name, node in metrics_cfg.items()}).to(device)
+    chosen = {name: node for name, node in metrics_cfg.items() if not (train and node.get("eval_only", False))}
+    return MetricCollection({name: build(node) for name, node in chosen.items()}).to(device)
 
 
 def best_watchers(save_best, eval_sets: list[str], known: set[str]) -> dict:

@@ -88,9 +88,9 @@ def test_runs_list_and_compare_show_the_sweep_best_first_with_the_params_that_di
     assert "trainer.max_epochs" not in names
 
 
-def test_joblib_sweep_on_a_brand_new_store_three_times_in_a_row(tmp_path):
+def test_joblib_sweep_on_a_brand_new_store_twice_in_a_row(tmp_path):
     """4 parallel jobs (loky processes), each with a DataLoader worker, on a store that does not exist yet."""
-    for attempt in range(3):
+    for attempt in range(2):
         out = tmp_path / f"attempt{attempt}"
         out.mkdir()
         result = run_main("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "optimizer.lr=0.001,0.002,0.003,0.004",
