@@ -200,10 +200,8 @@ def build_data(cfg: DictConfig, device, ddp=None):
 
     lc = cfg.loader
     on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
-    if on_device:
-        train_tf, eval_tf, device_tf = build_transforms_for_device(cfg.transforms)
-    else:
-        (train_tf, eval_tf), device_tf = build_transforms(cfg.transforms), None
+    train_tf, eval_tf, device_tf = (build_transforms_for_device(cfg.transforms) if on_device
+                                    else (*build_transforms(cfg.transforms), None))
     data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
     if len(data.train) == 0:
         raise NfTrainerError("the dataset has no train images: check dataset.root, dataset.train_csv, dataset.val_fraction")

@@ -8,13 +8,18 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 
+def node_list(nodes) -> list:
+    """A split's transform nodes as plain dicts, empty slots (null) dropped."""
+    nodes = OmegaConf.to_container(nodes, resolve=True) if OmegaConf.is_config(nodes) else list(nodes or [])
+    return [node for node in nodes if node is not None]
+
+
 def build_pipeline(nodes) -> "object | None":
     from torchvision.transforms import v2
 
     from nf_trainer.instantiate import create_instance
 
-    nodes = OmegaConf.to_container(nodes, resolve=True) if OmegaConf.is_config(nodes) else list(nodes or [])
-    transforms = [create_instance(_with_dtype(node), v2) for node in nodes if node is not None]
+    transforms = [create_instance(_with_dtype(node), v2) for node in node_list(nodes)]
     return v2.Compose(transforms) if transforms else None
 
 
@@ -31,16 +36,11 @@ def build_transforms_for_device(cfg: DictConfig):
     to a third pipeline, run on the device on whole batches (nf_trainer.transforms.on_device). The loader
     workers then stop at uint8, so batches cross to the GPU at a quarter of the bytes. None for device
     when the two splits end differently (e.g. `transforms/erasing` after Normalize): all stays on the host."""
-    def nodes(key):
-        listed = cfg.get(key)
-        listed = OmegaConf.to_container(listed, resolve=True) if OmegaConf.is_config(listed) else list(listed or [])
-        return [node for node in listed if node is not None]
-
     def moves(node) -> bool:
         target = str(node.get("_target_") or node.get("module") or "") if isinstance(node, dict) else ""
         return target.rsplit(".", 1)[-1] in DEVICE_STEPS
 
-    train, eval_ = nodes("train"), nodes("eval")
+    train, eval_ = node_list(cfg.get("train")), node_list(cfg.get("eval"))
     k = 0
     while k < min(len(train), len(eval_)) and train[-1 - k] == eval_[-1 - k] and moves(train[-1 - k]):
         k += 1
