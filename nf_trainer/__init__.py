@@ -2,7 +2,7 @@
 
 Importing the package is light (no torch, no mlflow): config composition and `--help` stay fast.
 """
-from nf_trainer.errors import NfTrainerError
-from nf_trainer.instantiate import create_instance
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.instantiate import create_instance
 
 __all__ = ["create_instance", "NfTrainerError"]

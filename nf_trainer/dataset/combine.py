@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from torch.utils.data import ConcatDataset
 
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.instantiate import create_instance
 from nf_trainer.dataset.splits import DataSplits
-from nf_trainer.errors import NfTrainerError
 
 
 def combine(train: dict | None = None, eval: dict | None = None, train_transform=None, eval_transform=None) -> DataSplits:
-    from nf_trainer.instantiate import create_instance
-
     train, eval = dict(train or {}), dict(eval or {})
     if not train:
         raise NfTrainerError("dataset=multi needs at least one train member: "

@@ -1,4 +1,4 @@
-"""CSV manifests (the seed's style): a header row, a path column and a label column.
+"""CSV manifests: a header row, a path column and a label column.
 
     python main.py dataset=csv dataset.train_csv=train.csv dataset.val_csv=val.csv dataset.root=DIR
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.files import Samples, check_options, file_splits
 from nf_trainer.dataset.splits import DataSplits, stratified_split
-from nf_trainer.errors import NfTrainerError
 
 LABEL_TYPES = ("name", "index")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.splits import DataSplits, TensorImageDataset, probe_shape, stratified_split
-from nf_trainer.errors import NfTrainerError
 
 SOURCE = "sklearn.datasets.load_digits"
 

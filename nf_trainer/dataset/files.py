@@ -13,11 +13,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.images import check_image_file, check_mode, describe_error, load_image
 from nf_trainer.dataset.splits import DataSplits, probe_shape
-from nf_trainer.errors import NfTrainerError
 
 log = logging.getLogger("nf_trainer")
 
@@ -68,8 +68,6 @@ class ImageFileDataset(Dataset):
 
 def collate_valid(batch):
     """default_collate over the samples that loaded (an unreadable file gives None)."""
-    from torch.utils.data import default_collate
-
     kept = [sample for sample in batch if sample is not None]
     if not kept:
         raise NfTrainerError("no image of a batch could be decoded; run with dataset.check=full to find the bad "

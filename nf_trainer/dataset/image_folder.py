@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from torchvision.datasets.folder import make_dataset
+
+from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.files import Samples, check_options, file_splits, resolve_root
 from nf_trainer.dataset.images import IMAGE_EXTENSIONS
 from nf_trainer.dataset.splits import DataSplits, stratified_split
-from nf_trainer.errors import NfTrainerError
 
 
 def image_folder(root: str | None = None, name: str | None = None, mode: str = "RGB", val_fraction: float = 0.2,
@@ -54,8 +56,6 @@ def class_folders(folder: Path) -> list[str]:
 
 def list_images(folder: Path, classes: list[str], only: list[str] | None = None) -> Samples:
     """(path, class index) for every image under folder/<class>/, in a stable order; an empty class is an error."""
-    from torchvision.datasets.folder import make_dataset
-
     present = only if only is not None else classes
     class_to_idx = {c: classes.index(c) for c in present}
     samples = make_dataset(str(folder), class_to_idx, allow_empty=True,

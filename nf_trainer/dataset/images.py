@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 
-from nf_trainer.errors import NfTrainerError
+import numpy as np
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import pil_to_tensor, rgb_to_grayscale
+
+from nf_trainer.core.errors import NfTrainerError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CHANNELS = {"RGB": 3, "L": 1}  # dataset.mode -> channels
@@ -49,8 +54,6 @@ def image_format(head: bytes) -> str | None:
 
 def load_image(path, mode: str = "RGB"):
     """The image at `path` as a uint8 tensor (C, H, W) in `mode`. Raises on a file that does not decode."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     channels = check_mode(mode)
     with open(path, "rb") as f:
         fmt = image_format(f.read(12))
@@ -62,10 +65,6 @@ def load_image(path, mode: str = "RGB"):
         if image.ndim == 4:  # an animated GIF: its first frame
             image = image[0]
         return to_channels(image, channels)
-    import numpy as np
-    from PIL import Image, ImageOps
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: PIL's convert would clip at 255, scale instead
@@ -75,8 +74,6 @@ def load_image(path, mode: str = "RGB"):
 
 def to_channels(image, channels: int):
     """uint8 images (..., C, H, W) with C in 1-4 -> `channels` (1 or 3); alpha is dropped."""
-    from torchvision.transforms.v2.functional import rgb_to_grayscale
-
     have = image.shape[-3]
     if have == channels:
         return image

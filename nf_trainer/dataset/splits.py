@@ -1,13 +1,15 @@
 """What every dataset builder returns, an in-memory image dataset, and helpers the builders share."""
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, WeightedRandomSampler
 
-from nf_trainer.errors import NfTrainerError
+from nf_trainer.core.errors import NfTrainerError
 
 
 @dataclass
@@ -56,10 +58,6 @@ def stratified_split(labels, val_fraction: float | None, seed: int, where: str) 
     (its StratifiedShuffleSplit, step for step: tests/test_data_units.py compares the two), so runs keep
     the val sets they always had; it is written out here because importing sklearn.model_selection (and
     SciPy) would cost every run about a second of startup."""
-    import math
-
-    import numpy as np
-
     indices = list(range(len(labels)))
     if val_fraction is None:
         return [], indices
@@ -89,8 +87,6 @@ def stratified_split(labels, val_fraction: float | None, seed: int, where: str) 
 def _approximate_mode(class_counts, n_draws: int, rng):
     """How many of `n_draws` each class gets: the floor of its share, then one more for the largest remainders
     (ties drawn at random), as sklearn.utils.extmath._approximate_mode."""
-    import numpy as np
-
     continuous = class_counts / class_counts.sum() * n_draws
     floored = np.floor(continuous)
     need_to_add = int(n_draws - floored.sum())
@@ -119,8 +115,6 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
 
 def class_balanced_sampler(dataset: Dataset, num_classes: int, generator: torch.Generator):
     """Draws len(dataset) samples with replacement, each weighing 1 / its class's count: classes come up equally often."""
-    from torch.utils.data import WeightedRandomSampler
-
     targets = targets_of(dataset)
     weights = 1.0 / torch.bincount(targets, minlength=num_classes).clamp(min=1)[targets]
     return WeightedRandomSampler(weights.double(), len(targets), generator=generator)

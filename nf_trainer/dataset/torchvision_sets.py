@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchvision.datasets
 
+from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.images import check_mode, to_channels
 from nf_trainer.dataset.splits import DataSplits, TensorImageDataset, probe_shape
-from nf_trainer.errors import NfTrainerError
 
 # name -> (torchvision class, the folder it reads under root, the files to put in by hand, and where)
 SETS = {
@@ -25,8 +26,6 @@ SETS = {
 
 def torchvision_set(name: str, root: str, download: bool = False, mode: str = "RGB",
                     train_transform=None, eval_transform=None) -> DataSplits:
-    import torchvision.datasets
-
     if name not in SETS:
         raise NfTrainerError(f"unknown torchvision set '{name}': choose one of {', '.join(SETS)}")
     channels = check_mode(mode)

@@ -12,9 +12,11 @@ import copy
 import logging
 
 import torch
+from omegaconf import open_dict
 from torch import nn
 
-from nf_trainer.errors import NfTrainerError
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.instantiate import create_instance
 
 log = logging.getLogger("nf_trainer")
 
@@ -83,10 +85,6 @@ def param_groups(model: nn.Module, head_lr: float | None) -> list:
 def build_optimizer(node, model: nn.Module, **kwargs):
     """`optimizer.*` minus `head_lr` (ours, not the optimizer's) builds a torch.optim optimizer over the groups;
     `kwargs` (e.g. fused=True) go to the optimizer."""
-    from omegaconf import open_dict
-
-    from nf_trainer.instantiate import create_instance
-
     head_lr = node.get("head_lr")
     node = copy.copy(node)  # keeps its key: errors still say 'optimizer'
     with open_dict(node):

@@ -4,14 +4,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from nf_trainer.errors import NfTrainerError
+import torch
+
+from nf_trainer.core.errors import NfTrainerError
 
 
 @contextmanager
 def downloading(what: str, url: str):
     """Turn a failed weight download (no network, proxy, DNS) into one line naming the file to place by hand."""
-    import torch
-
     try:
         yield
     except OSError as exc:  # urllib's URLError and connection errors are OSErrors

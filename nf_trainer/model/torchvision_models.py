@@ -5,8 +5,8 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from nf_trainer.errors import NfTrainerError
-from nf_trainer.instantiate import _closest
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.instantiate import closest_names
 from nf_trainer.model import finetune
 from nf_trainer.model.pretrained import downloading
 
@@ -19,7 +19,7 @@ def torchvision_model(name: str, num_classes: int, in_channels: int = 3, pretrai
     options = dict(options or {})
     known = list_models(module=torchvision.models)  # classification models only (not detection, video, ...)
     if name not in known:
-        close = _closest(name, known)
+        close = closest_names(name, known)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
         raise NfTrainerError(f"unknown torchvision model '{name}'{hint}")
     if not pretrained:

@@ -1,1 +1,4 @@
-"""The training engine: a plain loop (engine.py), checkpoints, and metric watching."""
+"""The training engine: the loop (`loop.py`), evaluation, its state and checkpoints, and metric watching.
+
+It is handed a tracker (`nf_trainer.tracking.interface.Tracker`) and never imports MLflow code.
+"""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from nf_trainer.errors import NfTrainerError
+from nf_trainer.core.errors import NfTrainerError
 
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "global_step", "rng")
 

@@ -30,7 +30,7 @@ class Dist:
 def launched_by_torchrun() -> bool:
     """torchrun's variables, or a multi-task submitit/SLURM job (whose variables submitit translates)."""
     if "LOCAL_RANK" not in os.environ and "SUBMITIT_FOLDER" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        from submitit.helpers import TorchDistributedEnvironment
+        from submitit.helpers import TorchDistributedEnvironment  # the optional cluster extra: only under SLURM
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from nf_trainer.errors import NfTrainerError
+from nf_trainer.core.errors import NfTrainerError
 
 log = logging.getLogger("nf_trainer")
 

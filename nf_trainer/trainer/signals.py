@@ -38,7 +38,7 @@ class StopRequest:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         # Handlers can only be installed from the main thread (a launcher may run jobs elsewhere).
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._handle) for signum in HANDLED}

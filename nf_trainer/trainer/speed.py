@@ -17,6 +17,9 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+from nf_trainer.model.build import plain_activations
 
 log = logging.getLogger("nf_trainer")
 
@@ -33,8 +36,6 @@ class EMA:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
         self.module = copy.deepcopy(model).requires_grad_(False)  # same device and memory format
         self._update = get_ema_multi_avg_fn(decay)
         self._groups: dict[torch.dtype, tuple[list, list]] = {}  # dtype -> (EMA tensors, model tensors)
@@ -54,37 +55,6 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state)
-
-
-class BatchedUpdates:
-    """Metrics updated once per `every` batches with those batches concatenated: a torchmetrics update
-    call has a fixed cost (~0.4 ms on CPU for the default four, a dozen small kernels on GPU) that shows
-    next to a small model's step. Results are the same. Everything else (compute, state_dict, ...)
-    first takes in the batches still waiting."""
-
-    def __init__(self, metrics, every: int = 16):
-        self.metrics, self.every, self.waiting = metrics, every, []
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        self.waiting.append((preds, target))
-        if len(self.waiting) >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.waiting:
-            preds, targets = zip(*self.waiting)
-            self.waiting = []
-            self.metrics.update(torch.cat(preds), torch.cat(targets))
-
-    def reset(self) -> None:
-        self.waiting = []
-        self.metrics.reset()
-
-    def __getattr__(self, name: str):
-        if name in ("metrics", "every", "waiting"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        self.flush()
-        return getattr(self.metrics, name)
 
 
 @dataclass
@@ -153,8 +123,7 @@ def build(trainer_cfg, model: torch.nn.Module, device: torch.device) -> Speed:
     """Apply the model-wide settings to `model` in place (before DDP wraps it) and return the step's."""
     if trainer_cfg.cudnn_benchmark and not trainer_cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # autotune conv algorithms for the (fixed) input shapes
-    if hasattr(model, "set_swish"):
-        model.set_swish(memory_efficient=False)  # efficientnet-pytorch: native SiLU, faster, compilable
+    plain_activations(model)  # efficientnet-pytorch: native SiLU, faster, compilable
     if trainer_cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     ema = EMA(model, trainer_cfg.ema_decay) if trainer_cfg.ema_decay is not None else None
@@ -175,7 +144,7 @@ def build(trainer_cfg, model: torch.nn.Module, device: torch.device) -> Speed:
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """`trainer.precision` -> the autocast dtype. auto: bf16 on CUDA GPUs that run it natively (Ampere
     and later), fp32 elsewhere. On a CPU with AVX512-BF16, bf16 sped resnet18 up and slowed
-    efficientnet_b0 down (README "Performance"): there it is yours to try with `trainer.precision=bf16`."""
+    efficientnet_b0 down (docs/performance.md): there it is yours to try with `trainer.precision=bf16`."""
     if precision == "auto":
         native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if native_bf16 else "32"
@@ -186,7 +155,7 @@ def optimizer_kwargs(optimizer_cfg, device: torch.device, enabled: bool) -> dict
     """{'fused': True} for a torch.optim optimizer with a fused kernel on this device: one kernel for the
     whole update instead of a loop over parameters. A `fused` or `foreach` the optimizer config sets wins.
     (Other optimizers already pick their multi-tensor `foreach` path on CUDA by themselves.)"""
-    chosen = {**(optimizer_cfg.get("args") or {}), **optimizer_cfg}  # the seed's {module:, args:} form too
+    chosen = {**(optimizer_cfg.get("args") or {}), **optimizer_cfg}  # the {module:, args:} form too
     if not enabled or "fused" in chosen or "foreach" in chosen:
         return {}
     target = str(optimizer_cfg.get("_target_") or optimizer_cfg.get("module") or "")

@@ -3,32 +3,17 @@ from __future__ import annotations
 
 import math
 
-from nf_trainer.errors import NfTrainerError
+from omegaconf import DictConfig
 
-LOSS_LIKE = ("loss", "error", "calibration")
-
-
-def resolve_key(name: str, eval_sets: list[str], known: set[str]) -> str:
-    """'f1' -> 'val/<first eval set>/f1'; 'avg/f1' -> 'val/avg/f1'; full keys ('val/digits/f1', 'train/loss') pass through."""
-    key = name if name.startswith(("train/", "val/")) else f"val/{name}" if "/" in name else f"val/{eval_sets[0]}/{name}"
-    if key not in known:
-        raise NfTrainerError(f"unknown metric '{name}': choose one of {', '.join(sorted(known))}")
-    return key
-
-
-def resolve_mode(key: str, mode: str = "auto") -> str:
-    if mode == "auto":
-        return "min" if any(word in key.rsplit("/", 1)[-1] for word in LOSS_LIKE) else "max"
-    if mode not in ("min", "max"):
-        raise NfTrainerError(f"metric mode must be auto, min or max, not '{mode}'")
-    return mode
+from nf_trainer.core.metric_keys import resolve_key, resolve_mode
 
 
 class MetricWatcher:
-    """Tracks the best value of one metric and how many epochs passed without improving on it."""
+    """Tracks the best value of one metric and how many epochs passed without improving on it
+    (`patience`: how many such epochs early stopping waits)."""
 
-    def __init__(self, key: str, mode: str, min_delta: float = 0.0):
-        self.key, self.mode, self.min_delta = key, mode, abs(min_delta)
+    def __init__(self, key: str, mode: str, min_delta: float = 0.0, patience: int | None = None):
+        self.key, self.mode, self.min_delta, self.patience = key, mode, abs(min_delta), patience
         self.best = math.inf if mode == "min" else -math.inf
         self.bad_epochs = 0
 
@@ -46,3 +31,20 @@ class MetricWatcher:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+def best_watchers(save_best, eval_sets: list[str], known: set[str]) -> dict[str, MetricWatcher]:
+    """`trainer.save_best` ('f1', 'avg/f1', 'val/digits/loss:min', ...): file stem -> watcher, one best-<stem>.pt each."""
+    watchers = {}
+    for entry in save_best:
+        name, _, mode = str(entry).partition(":")
+        key = resolve_key(name, eval_sets, known)
+        watchers[name.replace("/", "_")] = MetricWatcher(key, resolve_mode(key, mode or "auto"))
+    return watchers
+
+
+def early_stop_watcher(es_cfg: DictConfig, eval_sets: list[str], known: set[str]) -> MetricWatcher | None:
+    if not es_cfg.enabled:
+        return None
+    key = resolve_key(es_cfg.monitor, eval_sets, known)
+    return MetricWatcher(key, resolve_mode(key, es_cfg.mode), es_cfg.min_delta, es_cfg.patience)

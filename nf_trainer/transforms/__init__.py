@@ -5,7 +5,11 @@ chosen); `dtype: float32` names a torch dtype.
 """
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torchvision.transforms import v2
+
+from nf_trainer.core.instantiate import create_instance
 
 
 def node_list(nodes) -> list:
@@ -14,11 +18,7 @@ def node_list(nodes) -> list:
     return [node for node in nodes if node is not None]
 
 
-def build_pipeline(nodes) -> "object | None":
-    from torchvision.transforms import v2
-
-    from nf_trainer.instantiate import create_instance
-
+def build_pipeline(nodes) -> v2.Compose | None:
     transforms = [create_instance(_with_dtype(node), v2) for node in node_list(nodes)]
     return v2.Compose(transforms) if transforms else None
 
@@ -54,8 +54,6 @@ def build_batch_transform(cfg: DictConfig, num_classes: int):
 
     With both, each batch gets one of them at random, as torchvision's reference recipes do. Targets
     become soft (class probabilities); the loss takes them as they are."""
-    from torchvision.transforms import v2
-
     chosen = []
     if cfg.get("mixup_alpha", 0.0) > 0:
         chosen.append(v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes))
@@ -68,14 +66,10 @@ def build_batch_transform(cfg: DictConfig, num_classes: int):
 
 def resize_center_crop(size: int, crop_fraction: float = 0.875):
     """The usual eval view: resize the short side to size / crop_fraction, then crop the centre size x size."""
-    from torchvision.transforms import v2
-
     return v2.Compose([v2.Resize(round(size / crop_fraction)), v2.CenterCrop(size)])
 
 
 def _with_dtype(node):
     if isinstance(node, dict) and isinstance(node.get("dtype"), str):
-        import torch
-
         return {**node, "dtype": getattr(torch, node["dtype"])}
     return node

@@ -1,0 +1,1 @@
+"""Commands beside `main.py`: the runs table, rerun, the MLflow UI, data preparation."""

@@ -1,0 +1,20 @@
+"""The config main.py would run with some overrides, composed without running anything (for the commands
+beside main.py that find the store, or a dataset, as main.py would)."""
+from __future__ import annotations
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from nf_trainer.core.config import register_configs
+from nf_trainer.core.errors import NfTrainerError, one_line
+from nf_trainer.core.paths import PROJECT_ROOT
+
+
+def project_config(overrides: list[str]) -> DictConfig:
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    except HydraException as exc:
+        raise NfTrainerError(one_line(exc)) from None

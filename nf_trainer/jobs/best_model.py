@@ -1,0 +1,62 @@
+"""After `fit`: the best checkpoint is loaded back, each eval set gets its reports, and the model is logged
+to MLflow once and exported to the formats in `export`; the checkpoints and the job log become artifacts."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from nf_trainer.jobs.export import export_model
+from nf_trainer.jobs.reports import report_eval_sets
+from nf_trainer.jobs.run_record import record_log
+from nf_trainer.model.build import for_export
+from nf_trainer.tracking.interface import Tracker
+from nf_trainer.trainer.checkpoint import load_checkpoint
+from nf_trainer.trainer.distributed import barrier, unwrap
+from nf_trainer.trainer.state import Parts, Settings
+
+log = logging.getLogger("nf_trainer")
+
+
+def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: list[str], tracker: Tracker) -> None:
+    barrier()  # under torchrun, rank 0 has written the best checkpoint: every rank loads it
+    path = best_checkpoint(settings.out_dir, list(parts.best))
+    ckpt = load_checkpoint(path)
+    unwrap(parts.model).load_state_dict(ckpt["model"])
+    log.info("best model: %s (epoch %d)", path.name, ckpt["epoch"])
+    report_eval_sets(parts.model, parts.eval_loaders, classes, settings.device, settings.limit_eval_batches,
+                     settings.out_dir, tracker)
+    if settings.is_main and (cfg.mlflow.log_model or cfg.export):
+        example = example_batch(parts)
+        model = for_export(unwrap(parts.model))
+        if cfg.mlflow.log_model:
+            log.info("logged the model: %s", tracker.log_model(model, example, classes, cfg.mlflow.registered_model_name))
+        if cfg.export:
+            tracker.log_artifact(export_model(model, example, list(cfg.export), settings.out_dir / "export"), "export")
+    log_checkpoints(tracker, settings.out_dir, cfg.mlflow.log_checkpoints)
+    record_log(tracker, settings.out_dir)
+
+
+def best_checkpoint(out_dir: Path, stems: list[str]) -> Path:
+    """best-<first save_best metric>.pt, else last.pt (with `trainer.save_best=[]`)."""
+    for stem in stems:
+        if (out_dir / f"best-{stem}.pt").is_file():
+            return out_dir / f"best-{stem}.pt"
+    return out_dir / "last.pt"
+
+
+def example_batch(parts: Parts) -> torch.Tensor:
+    """2 real images after the eval transforms, on the CPU: an example batch of 1 would freeze the batch size."""
+    loader = next(iter(parts.eval_loaders.values()), parts.train_loader)
+    images = next(iter(loader))[0][:2]
+    return torch.cat([images, images])[:2].cpu()
+
+
+def log_checkpoints(tracker: Tracker, out_dir: Path, which: str) -> None:
+    """`mlflow.log_checkpoints`: best (the best-*.pt files), all (every .pt) or none."""
+    if which == "none":
+        return
+    for path in sorted(out_dir.glob("best-*.pt" if which == "best" else "*.pt")):
+        tracker.log_artifact(path, "checkpoints")

@@ -1,0 +1,73 @@
+"""TorchScript and ONNX files of a trained model, for serving without nf_trainer.
+
+After training with `export=[torchscript,onnx]`, or from any checkpoint with
+`python main.py mode=export ckpt=PATH` (both formats unless `export=` says otherwise). Files go to
+`<output dir>/export/` and to the run's `export/` artifacts: `model.torchscript.pt` (`torch.jit.load`) and
+`model.onnx` (input `images`, output `logits`, dynamic batch size). ONNX needs the `onnx` and `onnxscript` packages
+(`pip install -e ".[onnx]"`); without them it is skipped with a warning.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from nf_trainer.core.config import EXPORT_FORMATS
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.jobs.from_checkpoint import checkpoint_model, open_checkpoint, start_checkpoint_run
+from nf_trainer.jobs.run_record import output_dir, record_config, record_log
+from nf_trainer.model.build import for_export
+from nf_trainer.tracking.interface import Tracker
+from nf_trainer.tracking.outcome import tracked_outcome
+
+log = logging.getLogger("nf_trainer")
+
+ONNX_SINGLE_FILE_LIMIT = 1_500_000_000  # bytes of weights; above that ONNX keeps them in a side file (2 GB protobuf cap)
+
+
+def export_model(model: torch.nn.Module, example: torch.Tensor, formats: list[str], folder: Path) -> Path:
+    """Write each format into `folder`; `example` is a CPU batch of at least 2 inputs."""
+    model = for_export(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    if "torchscript" in formats:
+        with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, yet still widely served
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(torch.jit.trace(model, example), folder / "model.torchscript.pt")
+        log.info("exported %s", folder / "model.torchscript.pt")
+    if "onnx" in formats:
+        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:
+            log.warning("ONNX export skipped: install %s (pip install -e \".[onnx]\")", " and ".join(missing))
+        else:
+            for chatty in ("onnxscript", "onnx_ir"):  # their INFO lines would flood the job log
+                logging.getLogger(chatty).setLevel(logging.WARNING)
+            size = sum(p.numel() * p.element_size() for p in model.parameters())
+            torch.onnx.export(model, (example,), folder / "model.onnx", input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=size > ONNX_SINGLE_FILE_LIMIT,
+                              verbose=False)
+            log.info("exported %s", folder / "model.onnx")
+    return folder
+
+
+def export(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> None:
+    """`mode=export`: the checkpoint's model, exported to `export` (default: torchscript and onnx), in the job's
+    output dir and as the run's `export/` artifacts. Returns no objective."""
+    source = open_checkpoint(cfg)
+    cfg, out_dir = source.cfg, output_dir()
+    facts = source.facts
+    if not facts["image_size"]:
+        raise NfTrainerError(f"checkpoint '{source.path}' records no image size to build an example input from")
+    model = checkpoint_model(source, torch.device("cpu"))
+    example = torch.rand(2, facts["in_channels"], facts["image_size"], facts["image_size"])
+
+    start_checkpoint_run(source, tracker, out_dir, extra_tags)
+    with tracked_outcome(tracker, out_dir):
+        record_config(cfg, tracker, out_dir)
+        folder = export_model(model, example, list(cfg.export) or list(EXPORT_FORMATS), out_dir / "export")
+        log.info("exported %s to %s", source.path, folder)
+        tracker.log_artifact(folder, "export")
+        record_log(tracker, out_dir)

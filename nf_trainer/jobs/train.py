@@ -1,0 +1,193 @@
+"""`mode=train`: the recipe of a training job, as named steps, each built from the composed config.
+
+    join processes -> read the checkpoint to resume -> build the data -> the model -> the optimization
+    and the watchers -> start the MLflow run -> fit -> finish (best model, reports, exports)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nf_trainer.core.device import describe_device, resolve_device, seed_everything
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.instantiate import create_instance
+from nf_trainer.core.metric_keys import known_keys, resolve_key, resolve_mode
+from nf_trainer.dataset.loaders import Data, build_data
+from nf_trainer.jobs.best_model import finish_training
+from nf_trainer.jobs.run_record import default_run_name, output_dir, record_config, run_params, run_tags
+from nf_trainer.model.build import build_model, data_facts, load_weights
+from nf_trainer.model.finetune import build_optimizer
+from nf_trainer.model.losses import build_loss
+from nf_trainer.tracking.dataset_inputs import record_data
+from nf_trainer.tracking.interface import Tracker
+from nf_trainer.tracking.null import NullTracker
+from nf_trainer.tracking.outcome import tracked_outcome
+from nf_trainer.tracking.secrets import redact
+from nf_trainer.trainer import distributed, speed
+from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
+from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
+from nf_trainer.trainer.loop import fit
+from nf_trainer.trainer.metrics import BatchedUpdates, build_metrics
+from nf_trainer.trainer.signals import StopRequest
+from nf_trainer.trainer.state import LoopState, Parts, Settings, restore
+from nf_trainer.trainer.watch import best_watchers, early_stop_watcher
+from nf_trainer.transforms import build_batch_transform
+
+log = logging.getLogger("nf_trainer")
+
+
+def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> float:
+    """Train and log one run; returns the objective (the best `objective.metric` over the epochs)."""
+    ddp, device, out_dir = join_processes(cfg)
+    resumed = read_resume(cfg)
+    data = build_data(cfg, device, ddp.world_size, ddp.rank)
+    check_labels(data.splits)
+    model, step_settings = build_training_model(cfg, data, resumed, ddp, device)
+    parts = build_parts(cfg, data, model, step_settings, ddp, device, out_dir)
+    objective_key = resolve_objective(cfg, parts)
+    state = restore_state(parts, resumed, cfg.resume)  # before the run reopens: a misfit leaves it untouched
+
+    tracker = tracker if ddp.is_main else NullTracker()  # only rank 0 talks to MLflow
+    run_id, run_name = start_training_run(cfg, tracker, data, model, ddp, device, step_settings, out_dir, resumed,
+                                           extra_tags)
+    settings = loop_settings(cfg, data, ddp, device, out_dir, run_id)
+    # From here the run is RUNNING: it ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED whatever happens.
+    with tracked_outcome(tracker, out_dir), StopRequest() as state.stop:
+        log.info("MLflow run %s (%s) in %s; outputs in %s", run_id, run_name, cfg.mlflow.tracking_uri, out_dir)
+        record_config(cfg, tracker, out_dir)
+        if ddp.is_main:
+            record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
+        fit(parts, settings, state, tracker)
+        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
+        finish_training(parts, settings, cfg, data.splits.classes, tracker)
+    return objective
+
+
+@dataclass(frozen=True)
+class Resumed:
+    ckpt: dict
+    path: Path
+
+    @property
+    def run_id(self) -> str | None:
+        return self.ckpt.get("run_id")
+
+
+def join_processes(cfg: DictConfig) -> tuple[distributed.Dist, torch.device, Path]:
+    """Join torchrun's process group (a no-op in one process), seed, pick the device; rank 0's output dir
+    holds the run (one set of checkpoints)."""
+    ddp, ddp_device = distributed.setup(cfg.trainer.device)
+    out_dir = Path(distributed.broadcast(str(output_dir())))
+    if not ddp.is_main:
+        log.setLevel(logging.WARNING)  # one voice: rank 0 logs epochs and progress
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    return ddp, ddp_device or resolve_device(cfg.trainer.device), out_dir
+
+
+def read_resume(cfg: DictConfig) -> Resumed | None:
+    return Resumed(load_checkpoint(cfg.resume), resolve_checkpoint(cfg.resume)) if cfg.resume else None
+
+
+def build_training_model(cfg: DictConfig, data: Data, resumed: Resumed | None, ddp: distributed.Dist,
+                         device: torch.device) -> tuple[torch.nn.Module, speed.Speed]:
+    """The model fitted to the data, on the device, with the speed settings applied (and wrapped in DDP
+    under torchrun); the step's speed settings."""
+    model = build_model(cfg.model, data_facts(data.splits))
+    if resumed is not None:
+        load_weights(model, resumed.ckpt, resumed.path)
+    if ddp.enabled and cfg.trainer.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    step_settings = speed.build(cfg.trainer, model, device)  # in place: channels_last, compile; EMA copy
+    if ddp.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, step_settings
+
+
+def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settings: speed.Speed,
+                ddp: distributed.Dist, device: torch.device, out_dir: Path) -> Parts:
+    """The optimization (optimizer, schedule, loss), the metrics and the watchers, around the model and data."""
+    optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model),  # optimizer.head_lr: the head's own group
+                                **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
+    scheduler = None
+    if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
+        scheduler = create_scheduler(cfg.scheduler, optimizer)
+    splits, eval_sets = data.splits, list(data.splits.eval)
+    train_metrics = build_metrics(cfg.metrics, splits.num_classes, device, train=True)
+    known = known_keys(eval_sets, cfg.metrics, train_metrics)
+    return Parts(
+        model=model, optimizer=optimizer, scheduler=scheduler,
+        loss_fn=build_loss(cfg.loss, data_facts(splits)).to(device),
+        train_loader=data.loaders["train"], train_generator=data.generator, eval_loaders=data.eval_loaders,
+        train_metrics=BatchedUpdates(train_metrics),
+        eval_metrics={name: build_metrics(cfg.metrics, splits.num_classes, device) for name in eval_sets},
+        best=best_watchers(cfg.trainer.save_best, eval_sets, known),
+        early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
+        speed=step_settings, guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
+        batch_transform=build_batch_transform(cfg.transforms, splits.num_classes),
+        train_sampler=data.loaders["train"].sampler if ddp.enabled else None,
+    )
+
+
+def create_scheduler(node: DictConfig, optimizer: torch.optim.Optimizer):
+    return create_instance(node, torch.optim.lr_scheduler, optimizer=optimizer)
+
+
+def resolve_objective(cfg: DictConfig, parts: Parts) -> str:
+    """The metric key of `objective.metric`: checked before the run starts, as the watchers' are."""
+    eval_sets = list(parts.eval_loaders)
+    return resolve_key(cfg.objective.metric, eval_sets, known_keys(eval_sets, cfg.metrics, parts.train_metrics.metrics))
+
+
+def restore_state(parts: Parts, resumed: Resumed | None, where: str | None) -> LoopState:
+    """A fresh loop, or the resumed checkpoint's optimizer, schedule, watchers, random state and position."""
+    if resumed is None:
+        return LoopState()
+    saved = resumed.ckpt["optimizer"]["param_groups"][0]
+    missing = sorted(set(parts.optimizer.defaults) - set(saved))  # torch would take it, then fail at the first step
+    if missing:
+        raise NfTrainerError(f"checkpoint '{where}' holds the state of another optimizer than "
+                             f"{type(parts.optimizer).__name__} (it has no {', '.join(missing)}): resume with the "
+                             "optimizer= the run was trained with")
+    try:
+        state = restore(parts, resumed.ckpt)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise NfTrainerError(f"checkpoint '{where}' does not fit this optimizer or scheduler "
+                             f"(was it trained with other ones?): {' '.join(str(exc).split())[:300]}") from exc
+    log.info("resuming %s at epoch %d, step %d", where, state.epoch, state.global_step)
+    return state
+
+
+def start_training_run(cfg: DictConfig, tracker: Tracker, data: Data, model: torch.nn.Module, ddp: distributed.Dist,
+                       device: torch.device, step_settings: speed.Speed, out_dir: Path, resumed: Resumed | None,
+                       extra_tags: dict[str, str]) -> tuple[str | None, str]:
+    """Create the MLflow run, or reopen the resumed one: (its id, which every rank gets from rank 0, its name)."""
+    splits = data.splits
+    params = run_params(cfg, **{
+        "data.num_classes": splits.num_classes, "data.train_size": len(splits.train),
+        "data.in_channels": splits.in_channels, "model.num_params": sum(p.numel() for p in model.parameters()),
+        **{f"data.{name}.size": len(dataset) for name, dataset in splits.eval.items()},
+        "trainer.world_size": ddp.world_size})
+    tags = run_tags(cfg, out_dir, extra_tags, device=describe_device(device),
+                    precision=step_settings.precision)  # what trainer.device/precision=auto chose
+    run_name = cfg.mlflow.run_name or default_run_name(cfg)
+    run_id = distributed.broadcast(tracker.start(run_name, params, tags, resume_run_id=resumed.run_id if resumed else None))
+    return run_id, run_name
+
+
+def loop_settings(cfg: DictConfig, data: Data, ddp: distributed.Dist, device: torch.device, out_dir: Path,
+                  run_id: str | None) -> Settings:
+    tc, splits = cfg.trainer, data.splits
+    config = OmegaConf.to_yaml(redact(OmegaConf.to_container(cfg, resolve=True)))  # secrets never reach a checkpoint
+    return Settings(
+        device=device, seed=cfg.seed, max_epochs=tc.max_epochs, out_dir=out_dir,
+        limit_train_batches=tc.limit_train_batches, limit_eval_batches=tc.limit_eval_batches,
+        log_every_n_steps=tc.log_every_n_steps, checkpoint_every_n_steps=tc.checkpoint_every_n_steps,
+        progress_bar=tc.progress_bar and ddp.is_main, is_main=ddp.is_main,
+        checkpoint_extras={"classes": splits.classes, "config": config, "data": data_facts(splits),
+                           "run_id": run_id},
+    )

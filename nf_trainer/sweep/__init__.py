@@ -1,0 +1,1 @@
+"""Sweeps: one MLflow parent run per sweep, one nested child run per job (`sweep/callback.py`, `sweep/job.py`)."""

@@ -1,0 +1,70 @@
+"""One Hydra job (what main.py runs, once or per sweep job): the checks that must fail before torch loads,
+then the job, inside its sweep when there is one.
+
+In a sweep, the job's run is nested under the sweep's parent run and tagged with a hash of its resolved
+config. A job whose config already FINISHED under the same parent is skipped and returns the stored
+objective, so re-running an interrupted sweep runs only the missing jobs. Under a sweeper that optimizes
+the returned value (Optuna), a failed or NaN job returns the worst value and the study goes on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+from omegaconf import DictConfig
+
+from nf_trainer.core.config import validate
+from nf_trainer.sweep.info import config_hash, current_sweep, objective_mode, worst_value
+from nf_trainer.sweep.store import CONFIG_HASH_TAG, PARENT_TAG, finished_child
+from nf_trainer.tracking.factory import open_tracker
+from nf_trainer.tracking.interface import OBJECTIVE
+from nf_trainer.tracking.server import check_before_run
+
+log = logging.getLogger("nf_trainer")
+
+
+def run_hydra_job(cfg: DictConfig) -> float | None:
+    """Returns the job's objective: what a sweeper (Optuna) optimizes."""
+    validate(cfg)  # a bad value fails in one line, before torch loads
+    check_before_run(cfg.mlflow.tracking_uri, cfg.mlflow.system_metrics)  # a wrong URL fails in a second
+    tags = {CONFIG_HASH_TAG: config_hash(cfg)}
+    sweep = current_sweep(cfg)
+    if sweep is None:
+        return run_job(cfg, tags)
+
+    mode = objective_mode(cfg)
+    if sweep.skip_finished:
+        done = skipped(sweep, tags[CONFIG_HASH_TAG])
+        if done is not None:
+            value = done.data.metrics.get(OBJECTIVE, worst_value(mode))
+            log.info("skipped: run %s (%s) already FINISHED with this config in this sweep; objective %s",
+                     done.info.run_id, done.info.run_name, value)
+            return value
+    try:
+        value = run_job(cfg, tags | {PARENT_TAG: sweep.parent_run_id})
+    except Exception as exc:
+        if not sweep.keep_going:
+            raise
+        log.error("this trial failed (%s); the sweeper gets the worst value, %s, and goes on",
+                  " ".join(str(exc).split())[:300] or type(exc).__name__, worst_value(mode), exc_info=True)
+        return worst_value(mode)
+    if value is not None and math.isnan(value):
+        log.warning("the objective %s is NaN: the sweeper gets the worst value, %s", cfg.objective.metric, worst_value(mode))
+        return worst_value(mode)
+    return value
+
+
+def run_job(cfg: DictConfig, tags: dict[str, str]) -> float | None:
+    tracker = open_tracker(cfg.mlflow)  # first: MLflow's imports and store open overlap the job's own start
+    try:
+        from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
+
+        return run_mode(cfg, tracker, tags)
+    finally:
+        tracker.close()
+
+
+def skipped(sweep, digest: str):
+    from mlflow import MlflowClient  # lazy: only sweeps that skip finished jobs ask the store
+
+    return finished_child(MlflowClient(sweep.tracking_uri), sweep.experiment_id, sweep.parent_run_id, digest)

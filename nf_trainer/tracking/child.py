@@ -1,0 +1,192 @@
+"""A job's tracker in a child process: MLflow's imports, its store and every write run beside the job.
+
+Opening MLflow's SQL store costs a job about 2 s of imports (SQLAlchemy, alembic, MLflow's own) and each
+write ~10 ms of CPU. In a child process, started before the job imports torch, that work overlaps the
+job's own start and never takes the training loop's time (or its GIL). Calls that return something or
+must have landed (`ChildProcessTracker.WAITING`) wait for the child; the others are queued, in order. A
+queued write that failed is raised by the next call that waits, so no failure goes unseen.
+
+The child ignores SIGINT and SIGTERM: the job decides how its run ends (KILLED on Ctrl-C) and says so.
+It leaves when the job closes it, or when the job's process is gone (SIGKILL: the run stays RUNNING).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.tracking.interface import TRACKER_METHODS
+from nf_trainer.tracking.mlflow_tracker import MlflowTracker
+
+log = logging.getLogger("nf_trainer")
+
+
+class ChildProcessTracker:
+    """A `Tracker` whose calls run on an `MlflowTracker` in a child process. Every method of the interface
+    is forwarded as it is (`__getattr__`): a method added to `Tracker` needs no code here."""
+
+    WAITING = frozenset({"start", "log_objective", "log_model", "run_name_of", "end"})  # they return, or must land
+
+    def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
+                 system_metrics: bool = False, log_model: bool = False):
+        """`log_model`: the job will log a model, so the child imports what that needs (torch, mlflow.pytorch:
+        about 2 s) while the job trains, not when the model is ready."""
+        self.tracking_uri, self.run_id = tracking_uri, None
+        package_root = str(Path(__file__).resolve().parents[2])  # importable in the child without an install
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen([sys.executable, "-m", "nf_trainer.tracking.child"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._outbox = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+        self._inbox = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+        self._process.stdin.close()
+        self._process.stdout.close()
+        self._calls = 0  # numbers the waiting calls: a reply left unread by a Ctrl-C is skipped, not misread
+        self._call("__init__", (tracking_uri, experiment_name, artifact_location, system_metrics),
+                   {"log_model": log_model})
+
+    def start(self, *args, **kwargs) -> str | None:
+        self.run_id = self._call("start", args, kwargs)
+        return self.run_id
+
+    def __getattr__(self, name: str):
+        if name not in TRACKER_METHODS:
+            raise AttributeError(f"{type(self).__name__} has no attribute '{name}' (not a Tracker method)")
+
+        def forward(*args, **kwargs):
+            return self._call(name, args, kwargs)
+        return forward
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Let the child finish what is queued and leave (a remote server may need a while)."""
+        if self._process is None:
+            return
+        if self._calls == 1:  # nothing was asked beyond the imports: no write to wait for (a job that failed early)
+            self._process.kill()
+        try:
+            send(self._outbox, None)
+        except OSError:
+            pass
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the MLflow tracker process did not finish its writes in %.0f s: stopped", timeout)
+            self._process.kill()
+            self._process.wait()
+        self._outbox.close()
+        self._inbox.close()
+        self._process = None
+
+    def _call(self, method: str, args: tuple, kwargs: dict):
+        """Send `method(*args, **kwargs)`; wait for its result if it is one of WAITING."""
+        if self._process is None:
+            raise NfTrainerError(f"MLflow tracker call '{method}' after the tracker was closed")
+        wait = method in self.WAITING
+        number = self._calls = self._calls + 1
+        try:
+            send(self._outbox, (number if wait else 0, method, args, kwargs))
+            while wait:
+                replied, ok, value = receive(self._inbox)
+                if replied == number:
+                    if not ok:
+                        raise value
+                    return value
+        except (OSError, EOFError):
+            raise NfTrainerError(f"the MLflow tracker process ended (exit code {self._process.poll()}) during "
+                                 f"'{method}': see the errors above") from None
+        return None
+
+
+def send(connection: Connection, message) -> None:
+    # Plain pickle, not Connection.send's: torch registers shared-memory reductions for tensors (a model for
+    # log_model) with multiprocessing's pickler, which this pipe between unrelated processes cannot carry.
+    connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def receive(connection: Connection):
+    return pickle.loads(connection.recv_bytes())
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """`exc` if it survives pickling, else an NfTrainerError with its text (some MLflow errors do not)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return NfTrainerError(f"MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+
+
+def warm_up(tracking_uri: str) -> None:
+    """The imports the run's first calls need, while the job is still importing torch."""
+    import mlflow.data  # noqa: F401  (dataset inputs)
+    from mlflow import MlflowClient  # noqa: F401
+
+    if tracking_uri.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (SQLAlchemy, alembic: most of the time)
+
+
+def preload_model_logging() -> None:
+    """What the first `log_model` would import: MLflow's torch flavor, and torch.export (which brings dynamo)."""
+    import mlflow.pytorch  # noqa: F401
+    import torch.export._trace  # noqa: F401
+
+
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """The child: run each call on an MlflowTracker, in order; reply to the ones that wait."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    tracker, settings, failed = None, None, None  # failed: the first queued call that raised, for the next waiting call
+    preload = False  # import what log_model needs once the run has started, while the job trains
+    while True:
+        if not inbox.poll(1.0):
+            if os.getppid() != parent:  # the job is gone without closing us
+                break
+            continue
+        try:
+            message = receive(inbox)
+        except EOFError:
+            break
+        if message is None:
+            break
+        number, method, args, kwargs = message
+        try:
+            if method == "__init__":  # import now, open the store at the first call: a job that fails before
+                settings, preload = args, kwargs["log_model"]  # its run starts leaves no store behind
+                warm_up(settings[0])
+                continue
+            if tracker is None:
+                tracker = MlflowTracker(*settings)
+            if number and failed is not None and method != "end":
+                raise failed
+            value = getattr(tracker, method)(*args, **kwargs)
+            if number and failed is not None:
+                raise failed
+            if number:
+                send(outbox, (number, True, value))
+            if method == "start":  # the job trains from now on: on a busy machine, the child's work yields to it
+                os.nice(10)
+                if preload:
+                    preload_model_logging()
+                    preload = False
+        except Exception as exc:
+            if number:
+                failed = None if exc is failed else failed
+                send(outbox, (number, False, _portable(exc)))
+            else:
+                log.warning("MLflow %s failed: %s", method, " ".join(str(exc).split())[:500])
+                failed = failed or exc
+
+
+if __name__ == "__main__":
+    # messages come on stdin and replies go out on the real stdout; print() and logs go to stderr
+    replies = os.dup(1)
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][nf_trainer.tracker][%(levelname)s] - %(message)s")
+    serve(Connection(os.dup(0), writable=False), Connection(replies, readable=False))
+    os._exit(0)  # every write has landed (end() waited for them): skip the interpreter's slow teardown

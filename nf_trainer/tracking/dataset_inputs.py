@@ -1,0 +1,64 @@
+"""What the run trained and evaluated on, recorded on its MLflow run.
+
+Each train part and eval set becomes a dataset input (name, source, digest, and its size in the
+profile); the files skipped as bad are counted (`data/bad_files`) and listed (`data/bad_files.tsv`).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import ConcatDataset, Dataset
+
+from nf_trainer.dataset.splits import DataSplits, targets_of
+from nf_trainer.tracking.interface import Tracker
+
+
+def record_data(tracker: Tracker, data: DataSplits, out_dir: Path) -> None:
+    """Log the inputs, the bad-file count and list through the run's tracker."""
+    tracker.log_inputs(describe_inputs(data))
+    tracker.log_metrics({"data/bad_files": len(data.bad_files)}, step=0)
+    if data.bad_files:
+        listing = Path(out_dir) / "bad_files.tsv"
+        listing.write_text("path\treason\n" + "".join(f"{path}\t{reason}\n" for path, reason in data.bad_files))
+        tracker.log_artifact(listing, "data")
+
+
+def describe_inputs(data: DataSplits) -> list[dict]:
+    """Each train part and eval set as plain values (`MlflowTracker.log_inputs` makes the MLflow datasets):
+    name, context (training/evaluation), source, digest, and the labels (so the profile shows the size)."""
+    parts = data.train.datasets if isinstance(data.train, ConcatDataset) else [data.train]
+    named = [(getattr(part, "name", "train"), part, "training") for part in parts]
+    named += [(name, dataset, "evaluation") for name, dataset in data.eval.items()]
+    return [{"name": name, "context": context, "source": source_of(dataset), "digest": digest_of(dataset),
+             "labels": labels_of(dataset)} for name, dataset, context in named]
+
+
+def labels_of(dataset: Dataset):
+    try:
+        return targets_of(dataset).numpy()
+    except Exception:  # a dataset without .targets: its size is all we know
+        return np.arange(len(dataset))
+
+
+def source_of(dataset: Dataset) -> str:
+    if isinstance(dataset, ConcatDataset):
+        return "; ".join(dict.fromkeys(source_of(part) for part in dataset.datasets))
+    return getattr(dataset, "source", "") or type(dataset).__name__
+
+
+def digest_of(dataset: Dataset) -> str:
+    """Changes with the data: file lists with sizes, or the bytes of in-memory images and labels."""
+    h = hashlib.blake2b(digest_size=8)
+    if isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            h.update(digest_of(part).encode())
+    elif hasattr(dataset, "digest"):
+        h.update(dataset.digest().encode())
+    elif hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        h.update(dataset.images.contiguous().numpy().tobytes())
+        h.update(dataset.labels.contiguous().numpy().tobytes())
+    else:
+        h.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    return h.hexdigest()

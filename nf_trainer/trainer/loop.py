@@ -1,0 +1,116 @@
+"""The training loop. Read it top to bottom: `fit` runs epochs of train -> evaluate -> schedule ->
+log -> checkpoint -> early stop. Everything it uses is built from the config by nf_trainer/jobs/train.py;
+it logs through the tracker it is handed and knows nothing of MLflow.
+
+Hot-loop rule: no host sync per step. Loss sums and metric states stay on the device; `.item()`
+happens once per epoch, and on the steps that log (every `trainer.log_every_n_steps`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from nf_trainer.core.metric_keys import metric_key
+from nf_trainer.trainer.checkpoint import copy_checkpoint, save_checkpoint
+from nf_trainer.trainer.distributed import rank0_decides
+from nf_trainer.trainer.evaluation import evaluate_sets, limited, results
+from nf_trainer.trainer.speed import grad_sync
+from nf_trainer.trainer.state import LoopState, Parts, Settings, checkpoint_payload, load_partial_epoch, partial_epoch
+
+log = logging.getLogger("nf_trainer")
+
+
+def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str, float]:
+    """Train from `state` (a fresh LoopState, or a restored one) to `settings.max_epochs` or an early stop;
+    returns the last epoch's metrics."""
+    metrics: dict[str, float] = {}
+    for epoch in range(state.epoch, settings.max_epochs):
+        state.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
+        started = time.perf_counter()
+        metrics = {"lr": parts.optimizer.param_groups[0]["lr"]}
+        parts.train_generator.manual_seed(settings.seed + epoch)
+        if parts.train_sampler is not None:
+            parts.train_sampler.set_epoch(epoch)
+        train = train_one_epoch(parts, settings, state, tracker, epoch)
+        metrics |= {metric_key(k): v for k, v in train.items()}
+        metrics |= evaluate_sets(parts.eval_model, parts.eval_loaders, parts.loss_fn, parts.eval_metrics,
+                                 settings.device, settings.limit_eval_batches, parts.speed)
+        if parts.scheduler is not None:
+            parts.scheduler.step()
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+
+        tracker.log_metrics(metrics, step=state.epoch)
+        log.info("epoch %d/%d  %s  (%.1fs)", state.epoch, settings.max_epochs, summary(metrics),
+                 time.perf_counter() - started)
+
+        improved = [stem for stem, watcher in parts.best.items() if watcher.update(metrics[watcher.key])]
+        stop = False
+        if parts.early_stop is not None:
+            parts.early_stop.update(metrics[parts.early_stop.key])
+            stop = rank0_decides(parts.early_stop.bad_epochs >= parts.early_stop.patience)
+        if settings.is_main:
+            save_checkpoint(checkpoint_payload(parts, settings, state, metrics), settings.out_dir / "last.pt")
+            for stem in improved:  # the same bytes as last.pt: linked, not serialized again
+                copy_checkpoint(settings.out_dir / "last.pt", settings.out_dir / f"best-{stem}.pt")
+        if stop:
+            log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
+                     parts.early_stop.key, parts.early_stop.patience, parts.early_stop.best)
+            break
+    return metrics
+
+
+def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker, epoch: int) -> dict[str, float]:
+    model, device, speed = parts.model, settings.device, parts.speed
+    model.train()
+    parts.train_metrics.reset()
+    loss_sum, seen = torch.zeros((), device=device), 0
+    total = len(parts.train_loader) if settings.limit_train_batches is None else min(
+        settings.limit_train_batches, len(parts.train_loader))
+    batches = iter(limited(parts.train_loader, settings.limit_train_batches))
+    if state.step_in_epoch:  # resumed from a mid-epoch checkpoint: skip the batches already trained on
+        for _ in range(state.step_in_epoch):
+            next(batches, None)  # loads the batch (and draws its augmentation): the random state is set after
+        loss_sum, seen = load_partial_epoch(parts, settings, state)
+    bar = tqdm(batches, total=total, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{settings.max_epochs}",
+               leave=False, dynamic_ncols=True, disable=None if settings.progress_bar else True)
+    for images, targets in bar:
+        images, targets = speed.to_device(images, targets, device)
+        inputs, loss_targets = parts.batch_transform(images, targets) if parts.batch_transform else (images, targets)
+        state.global_step += 1
+        state.step_in_epoch += 1
+        # an optimizer step every `accumulate` batches (and on the epoch's last one)
+        update = state.step_in_epoch % speed.accumulate == 0 or state.step_in_epoch == total
+        with grad_sync(model, update):  # DDP averages gradients only on the batch that steps
+            with speed.autocast():
+                logits = model(inputs)
+                loss = parts.loss_fn(logits, loss_targets)
+            if parts.guard.keep(loss, epoch, state.global_step):  # False only for a NaN/Inf loss with nonfinite=skip
+                speed.backward(loss)
+                loss_sum += loss.detach() * targets.shape[0]
+                seen += targets.shape[0]
+                parts.train_metrics.update(logits.detach(), targets)
+        if update:
+            speed.step(parts.optimizer, model)  # (unscale, clip,) step, zero_grad, EMA update
+
+        if settings.log_every_n_steps and state.global_step % settings.log_every_n_steps == 0:
+            parts.guard.check(epoch)  # this step syncs anyway: stop early on a NaN/Inf loss
+            step_loss = loss.item()  # the one sync, on logging steps only
+            tracker.log_step_metrics({metric_key("step_loss"): step_loss}, step=state.global_step)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        every = settings.checkpoint_every_n_steps
+        if state.stop.requested or (every and state.global_step % every == 0):
+            parts.guard.check(epoch)  # never save NaN weights over good ones
+            if settings.is_main:
+                payload = checkpoint_payload(parts, settings, state, {}, partial_epoch(parts, loss_sum, seen))
+                save_checkpoint(payload, settings.out_dir / "last.pt")
+            state.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
+    parts.guard.check(epoch)  # before anything of this epoch is evaluated or saved
+    return results(loss_sum, seen, parts.train_metrics)
+
+
+def summary(metrics: dict[str, float]) -> str:
+    shown = [k for k in metrics if k == "lr" or k.endswith(("/loss", "/accuracy", "/f1"))]
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in shown)

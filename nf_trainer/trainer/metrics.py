@@ -1,0 +1,56 @@
+"""The `metrics` config group as torchmetrics collections, and batched updates for the train set."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from omegaconf import DictConfig, open_dict
+from torchmetrics import MetricCollection
+
+from nf_trainer.core.instantiate import create_instance
+
+
+def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.device, train: bool = False) -> MetricCollection:
+    """The `metrics` entries as one MetricCollection; for the train set (`train`), without the entries marked
+    `eval_only: true` (our key, not torchmetrics': AUROC's and calibration's per-batch cost shows next to a
+    small model's step, and on the train set they say little)."""
+    def build(node):  # top_k is capped at the class count: top-5 accuracy still builds for 3 classes
+        node = copy.copy(node)  # keeps its key: errors still say 'metrics.<name>'
+        with open_dict(node):
+            node.pop("eval_only", None)
+        top_k = {"top_k": min(node.top_k, num_classes)} if node.get("top_k") else {}
+        return create_instance(node, num_classes=num_classes, **top_k)
+
+    chosen = {name: node for name, node in metrics_cfg.items() if not (train and node.get("eval_only", False))}
+    return MetricCollection({name: build(node) for name, node in chosen.items()}).to(device)
+
+
+class BatchedUpdates:
+    """Metrics updated once per `every` batches with those batches concatenated: a torchmetrics update
+    call has a fixed cost (~0.4 ms on CPU for the default four, a dozen small kernels on GPU) that shows
+    next to a small model's step. Results are the same. Everything else (compute, state_dict, ...)
+    first takes in the batches still waiting."""
+
+    def __init__(self, metrics, every: int = 16):
+        self.metrics, self.every, self.waiting = metrics, every, []
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.waiting.append((preds, target))
+        if len(self.waiting) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.waiting:
+            preds, targets = zip(*self.waiting)
+            self.waiting = []
+            self.metrics.update(torch.cat(preds), torch.cat(targets))
+
+    def reset(self) -> None:
+        self.waiting = []
+        self.metrics.reset()
+
+    def __getattr__(self, name: str):
+        if name in ("metrics", "every", "waiting"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        self.flush()
+        return getattr(self.metrics, name)
