@@ -1,7 +1,10 @@
 """The bad-input catalogue: each bad input gets a clear one-line message and exit code 1, and loses nothing.
 
-All cases run the real main.py against one output root that already holds an earlier, finished run; after
-each case that run and its checkpoints are unchanged and no run in the store is left RUNNING.
+All cases run against one output root that already holds an earlier, finished run; after each case that
+run and its checkpoints are unchanged and no run in the store is left RUNNING. The job runs in this
+process (the error it raises is what main.py prints in one line, with exit status 1); the cases that need
+a process of their own (a dropped capability, a file size limit) and one config error run `python main.py`
+and check its stderr and exit status themselves.
 
 To add a case, append a `Case` to CASES.
 """
@@ -11,14 +14,14 @@ import ctypes
 import hashlib
 import resource
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from tests.conftest import run_main, run_probed, runs
+from tests.conftest import fails_in_one_line, run_here, run_main, run_probed, runs
 from tests.data_files import make_image_folder
 
 FAST = ("debug=fast", "trainer.progress_bar=false")
@@ -45,6 +48,7 @@ class Case:
     setup: Callable[[Path, Path, Path], None] | None = None  # (out, earlier run folder, tmp)
     new_run_failed: bool = False  # the case gets as far as an MLflow run, which must then be FAILED
     check: Callable | None = None  # more checks on that failed run
+    own_process: bool = False  # run `python main.py` (always, with a preexec)
 
 
 def last_good_checkpoint_kept(run) -> None:
@@ -96,7 +100,7 @@ FOLDER = (*FAST, "dataset=image_folder", "dataset.root={tmp}/images", "dataset.o
 
 CASES = [
     Case("typo_key", ("trainer.max_epoch=3",), "Could not override 'trainer.max_epoch'. To append to your config use "
-         "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'"),
+         "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'", own_process=True),
     Case("unknown_group_option", ("optimizer=adamm",),
          "Could not find 'optimizer/adamm'. Available options in 'optimizer': adam, adamw, rmsprop, sgd"),
     Case("wrong_type", ("loader.batch_size=abc",),
@@ -115,7 +119,7 @@ CASES = [
          "model.num_classes=5 but the data has 10 classes: set model.num_classes=null"),
     Case("nan_loss", (*FAST, "trainer.max_epochs=3", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[4]"),
          "non-finite training loss (NaN or Inf) at epoch 2, step 4: stopped before saving", new_run_failed=True,
-         check=last_good_checkpoint_kept),
+         check=last_good_checkpoint_kept, own_process=True),
     Case("disk_full_while_checkpointing", (*FAST, "model.width=96"),
          "(File too large): is the disk full?", preexec=limit_file_size, new_run_failed=True),
     Case("resume_missing_checkpoint", (*FAST, "resume={tmp}/nowhere/last.pt"),
@@ -126,6 +130,9 @@ CASES = [
          setup=corrupt_copy),
     Case("checkpoint_of_another_model", (*FAST, "model=efficientnet_b0", "resume={earlier}/last.pt"),
          "does not fit this model (was it trained with another model=?)"),
+    Case("checkpoint_of_another_optimizer", (*FAST, "optimizer=sgd", "resume={earlier}"),
+         "holds the state of another optimizer than SGD (it has no dampening, momentum, nesterov): resume with the "
+         "optimizer= the run was trained with"),
     Case("unreachable_tracking_server", (*FAST, "mlflow.tracking_uri=http://127.0.0.1:9"),
          "MLflow tracking server http://127.0.0.1:9 is not reachable"),
     Case("missing_data_folder", (*FAST, "dataset=image_folder", "dataset.root={tmp}/nowhere"),
@@ -147,7 +154,7 @@ def store(tmp_path_factory):
     """One output root with an earlier finished run in it."""
     out = tmp_path_factory.mktemp("catalogue") / "outputs"
     out.mkdir()
-    run_main(*FAST, out=out)
+    run_here(*FAST, out=out)
     (earlier,) = runs(out)
     folder = Path(earlier.data.tags["output_dir"])
     return out, earlier, folder, digest(folder)
@@ -161,13 +168,15 @@ def test_bad_input(case: Case, store, tmp_path):
     if case.setup is not None:
         case.setup(out, folder, tmp_path)
     try:
-        result = run_main(*map(fill, case.args), out=out, check=False, preexec_fn=case.preexec)
+        if case.own_process or case.preexec is not None:
+            result = run_main(*map(fill, case.args), out=out, check=False, preexec_fn=case.preexec)
+            assert result.returncode == 1, result.stderr[-3000:]
+            assert "Traceback" not in result.stderr, result.stderr[-3000:]
+            last_line = [line for line in result.stderr.splitlines() if line.strip()][-1]
+        else:
+            last_line = fails_in_one_line(*map(fill, case.args), out=out)
     finally:
         out.chmod(0o755)
-
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last_line = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert fill(case.message) in last_line
 
     # nothing earlier lost, nothing left RUNNING

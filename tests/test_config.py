@@ -1,21 +1,18 @@
-"""The real conf/ composes for every group option; core keys are typed; --help stays light."""
+"""The real conf/ composes for every group option; core keys are typed, validated, and have one default;
+--help stays light."""
+import dataclasses
 import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+import yaml
 
-from nf_trainer.config import register_configs
-from tests.conftest import MAIN, ROOT, run_probed
+from nf_trainer.core.config import Config, validate
+from nf_trainer.core.errors import NfTrainerError
+from tests.conftest import MAIN, ROOT, compose_cfg, run_probed
 
 CONF = ROOT / "conf"
-GROUPS = ["optimizer", "scheduler", "loss", "model", "dataset", "transforms", "metrics", "trainer", "mlflow", "debug"]
-
-
-def compose_cfg(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+GROUPS = ["optimizer", "scheduler", "loss", "model", "dataset", "transforms", "metrics", "mlflow", "debug"]
 
 
 @pytest.mark.parametrize("group,option", [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
@@ -36,6 +33,56 @@ def test_acceptance_overrides_compose():
 def test_default_store_is_absolute_and_under_the_project():
     cfg = compose_cfg()
     assert cfg.mlflow.tracking_uri == f"sqlite:///{ROOT}/outputs/mlflow.db"
+    assert cfg.mlflow.artifact_location == f"{ROOT}/outputs/mlartifacts"
+
+
+def test_each_core_default_lives_in_the_schema_only():
+    """conf/ sets no core key to the value the schema already gives it (one place per default)."""
+    schema = dataclasses.asdict(Config())
+
+    def repeats(node: dict, defaults: dict, where: str):
+        for key, value in node.items():
+            if key in defaults and isinstance(value, dict) and isinstance(defaults[key], dict):
+                yield from repeats(value, defaults[key], f"{where}{key}.")
+            elif key in defaults and value == defaults[key]:
+                yield f"{where}{key}"
+
+    found = []
+    for path in CONF.rglob("*.yaml"):
+        node = yaml.safe_load(path.read_text()) or {}
+        package = {"config.yaml": "", "team.yaml": "mlflow."}.get(path.name)
+        if package is not None:
+            defaults = schema if not package else schema[package.rstrip(".")]
+            found += [f"{path.relative_to(ROOT)}: {key}" for key in repeats(node, defaults, package)]
+    assert not found, found
+    assert compose_cfg().trainer.max_epochs == Config().trainer.max_epochs == 20
+
+
+def test_team_server_option_points_at_a_server_and_keeps_the_other_defaults():
+    team = compose_cfg("mlflow=team", "mlflow.tracking_uri=http://127.0.0.1:5000").mlflow
+    assert team.tracking_uri == "http://127.0.0.1:5000" and team.artifact_location is None
+    assert team.experiment_name == "nf_trainer" and team.log_checkpoints == "best"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1, got 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr must be >= 0, got -0.1"),
+    ("loader.batch_size=0", "loader.batch_size must be >= 1, got 0"),
+    ("dataset.val_fraction=1.5", "dataset.val_fraction must be between 0 and 1 (exclusive), got 1.5"),
+    ("trainer.precision=fp8", "trainer.precision must be one of auto, 32, bf16, 16, got 'fp8'"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1"),
+    ("trainer.gradient_clip_val=0", "trainer.gradient_clip_val must be > 0 or null"),
+    ("trainer.ema_decay=1.5", "trainer.ema_decay must be between 0 and 1"),
+    ("mlflow.tracker=thread", "mlflow.tracker must be one of auto, process, inline, got 'thread'"),
+    ("mode=eval", "mode=eval needs ckpt=PATH"),
+    ("mode=serve", "mode must be one of train, eval, predict, export, got 'serve'"),
+    ("ckpt=x.pt", "ckpt= is read by mode=eval|predict|export; to continue training use resume="),
+    ("export=[tflite]", "export: unknown format 'tflite'; choose from torchscript, onnx"),
+])
+def test_out_of_range_values_are_one_line_errors(override, needle):
+    with pytest.raises(NfTrainerError) as err:
+        validate(compose_cfg(override))
+    assert needle in str(err.value) and "\n" not in str(err.value)
 
 
 def test_debug_presets():

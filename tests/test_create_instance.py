@@ -1,4 +1,4 @@
-"""create_instance: Hydra targets, the seed's short names and {module, args} form, kwargs, clear errors."""
+"""create_instance: Hydra targets, short names, the original design's {module, args} form, kwargs, clear errors."""
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -20,7 +20,7 @@ def test_short_target_looked_up_in_module():
     assert isinstance(opt, torch.optim.Adam) and opt.defaults["lr"] == 0.01
 
 
-def test_seed_module_args_form():
+def test_module_args_form():
     opt = create_instance({"module": "SGD", "args": {"lr": 0.01, "momentum": 0.5}}, torch.optim, params=params())
     assert isinstance(opt, torch.optim.SGD)
     assert opt.defaults["lr"] == 0.01 and opt.defaults["momentum"] == 0.5

@@ -1,5 +1,5 @@
 """The data side end to end: real image folders and CSVs made from the digits set, trained through the real
-main.py in subprocesses, logged to a real sqlite MLflow store."""
+Hydra and job in this process, logged to a real sqlite MLflow store."""
 from __future__ import annotations
 
 import struct
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import client, metric_history, run_main, runs
+from tests.conftest import client, fails_in_one_line, metric_history, only_run, run_here, runs
 from tests.data_files import digit_images, make_image_folder, write_csv
 
 FAST = ("trainer.max_epochs=2", "loader.batch_size=32", "trainer.early_stopping.enabled=false")
@@ -24,18 +24,8 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def folder_run(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("folder_run")
-    run_main("dataset=image_folder", f"dataset.root={folder}", *FAST, out=out)
-    (run,) = runs(out)
-    return out, run
-
-
-def one_line_error(result) -> str:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("Error executing job",
-                                                                                                   "Set the environment"))]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    run_here("dataset=image_folder", f"dataset.root={folder}", *FAST, out=out)
+    return out, only_run(out)
 
 
 def test_image_folder_run_finishes_and_counts_skipped_files(folder, folder_run):
@@ -60,15 +50,14 @@ def test_every_dataset_is_a_run_input(folder, folder_run):
     assert set(inputs) == {("digits_png", "training"), ("digits_png", "evaluation")}
     train, val = inputs["digits_png", "training"], inputs["digits_png", "evaluation"]
     assert str(folder) in train.source and train.source_type == "local"
-    assert '"features_size": %s' % run.data.params["data.train_size"] in train.profile
-    assert '"features_size": %s' % run.data.params["data.digits_png.size"] in val.profile
+    assert f'"features_size": {run.data.params["data.train_size"]}' in train.profile
+    assert f'"features_size": {run.data.params["data.digits_png.size"]}' in val.profile
     assert len(train.digest) == 16 and train.digest != val.digest
 
 
 def test_on_bad_file_fail_stops_before_training_in_one_line(folder, tmp_path):
-    result = run_main("dataset=image_folder", f"dataset.root={folder}", "dataset.on_bad_file=fail", *FAST,
-                      out=tmp_path, check=False)
-    line = one_line_error(result)
+    line = fails_in_one_line("dataset=image_folder", f"dataset.root={folder}", "dataset.on_bad_file=fail", *FAST,
+                             out=tmp_path)
     assert "bad image in digits_png" in line and "dataset.on_bad_file=skip" in line
     assert ("corrupt.jpg" in line) or ("empty.png" in line)
     assert not (tmp_path / "mlflow.db").exists() or all(r.info.status != "RUNNING" for r in runs(tmp_path))
@@ -81,7 +70,7 @@ def test_two_eval_sets_log_both_and_their_average(folder, tmp_path):
     other = make_image_folder(tmp_path / "other", per_class=4, offset=40, bad=False)
     rows = [(p.relative_to(other).as_posix(), p.relative_to(other).parts[0]) for p in sorted(other.rglob("*.*"))]
     b_csv = write_csv(tmp_path / "b.csv", rows)
-    run_main("dataset=multi", "+dataset@dataset.train.a=image_folder", f"dataset.train.a.root={folder}",
+    run_here("dataset=multi", "+dataset@dataset.train.a=image_folder", f"dataset.train.a.root={folder}",
              "+dataset@dataset.eval.b=csv", f"dataset.eval.b.train_csv={b_csv}", f"dataset.eval.b.root={other}",
              "trainer.early_stopping.enabled=true", "trainer.early_stopping.monitor=val/avg/loss",
              "trainer.save_best=[avg/f1]", "trainer.max_epochs=2", "loader.batch_size=32", "loader.class_balanced=true",
@@ -103,19 +92,17 @@ def test_two_eval_sets_log_both_and_their_average(folder, tmp_path):
 def test_class_mismatch_between_sets_fails_in_one_line(folder, tmp_path):
     other = make_image_folder(tmp_path / "other", per_class=4, offset=40, bad=False)
     (other / "9").rename(other / "nine")
-    result = run_main("dataset=multi", "+dataset@dataset.train.a=image_folder", f"dataset.train.a.root={folder}",
-                      "+dataset@dataset.eval.b=image_folder", f"dataset.eval.b.root={other}", *FAST,
-                      out=tmp_path / "out", check=False)
-    assert one_line_error(result).endswith("class names differ between dataset.train.a and dataset.eval.b: "
+    line = fails_in_one_line("dataset=multi", "+dataset@dataset.train.a=image_folder", f"dataset.train.a.root={folder}",
+                             "+dataset@dataset.eval.b=image_folder", f"dataset.eval.b.root={other}", *FAST,
+                             out=tmp_path / "out")
+    assert line.endswith("class names differ between dataset.train.a and dataset.eval.b: "
                                            "only in train.a: 9; only in eval.b: nine")
 
 
 def test_cifar10_offline_says_how_to_get_the_data(tmp_path):
-    result = run_main("dataset=cifar10", "transforms=cifar", f"dataset.root={tmp_path}", out=tmp_path / "out",
-                      check=False)
-    line = one_line_error(result)
+    line = fails_in_one_line("dataset=cifar10", "transforms=cifar", f"dataset.root={tmp_path}", out=tmp_path / "out")
     assert f"cifar10 is not in {tmp_path}/cifar-10-batches-py: run with dataset.download=true" in line
-    assert f"put cifar-10-python.tar.gz from https://www.cs.toronto.edu/" in line
+    assert "put cifar-10-python.tar.gz from https://www.cs.toronto.edu/" in line
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -130,7 +117,7 @@ def test_mnist_reads_torchvision_files_offline(tmp_path):
     for split, items in images.items():
         write_idx(tmp_path / "MNIST/raw" / f"{split}-images-idx3-ubyte", np.stack([pixels for _, pixels in items]))
         write_idx(tmp_path / "MNIST/raw" / f"{split}-labels-idx1-ubyte", np.array([int(label) for label, _ in items]))
-    run_main("dataset=mnist", f"dataset.root={tmp_path}", "debug=fast", out=tmp_path / "out")
+    run_here("dataset=mnist", f"dataset.root={tmp_path}", "debug=fast", out=tmp_path / "out")
     (run,) = runs(tmp_path / "out")
     assert run.info.status == "FINISHED"
     assert run.data.params["data.train_size"] == "300" and run.data.params["data.mnist.size"] == "50"

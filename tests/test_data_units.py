@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 import torch
 
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.metric_keys import resolve_key
 from nf_trainer.dataset.combine import combine
 from nf_trainer.dataset.csv_manifest import csv_manifest
 from nf_trainer.dataset.files import ImageFileDataset, collate_valid
 from nf_trainer.dataset.image_folder import image_folder
 from nf_trainer.dataset.images import check_image_file, load_image
+from nf_trainer.dataset.loaders import build_data
 from nf_trainer.dataset.splits import class_balanced_sampler
-from nf_trainer.errors import NfTrainerError
-from nf_trainer.trainer.watch import resolve_key
 from nf_trainer.transforms import build_batch_transform, build_transforms
+from nf_trainer.transforms.on_device import OnDevice
+from tests.conftest import compose_cfg
 from tests.data_files import KINDS, make_image_folder, write_csv, write_image
-from tests.test_config import compose_cfg
 
 PIXELS = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
 NOISE = np.random.RandomState(0).randint(0, 256, (64, 64), dtype=np.uint8)  # a PNG of several kB
@@ -182,7 +184,8 @@ def test_a_split_that_cannot_keep_class_balance_says_so(tmp_path):
 @pytest.mark.parametrize("preset,size", [("digits", 8), ("cifar", 32), ("imagenet", 224)])
 @pytest.mark.parametrize("augment", [None, "randaugment", "trivialaugment", "autoaugment"])
 def test_transform_presets_resize_any_image_to_image_size(preset, size, augment):
-    overrides = [f"transforms={preset}", "transforms/erasing=random_erasing"] + ([f"transforms/augment={augment}"] if augment else [])
+    overrides = [f"transforms={preset}", "transforms/erasing=random_erasing"]
+    overrides += [f"transforms/augment={augment}"] if augment else []
     train, evaluate = build_transforms(compose_cfg(*overrides).transforms)
     image = torch.randint(0, 256, (3, 300, 200), dtype=torch.uint8)
     for pipeline in (train, evaluate):
@@ -218,13 +221,10 @@ def test_average_over_eval_sets_is_a_monitor_name():
 
 def test_normalize_on_device_gives_the_host_pipelines_batches(clean_folder):
     """loader.normalize_on_device (the CUDA default): workers stop at uint8, ToDtype/Normalize run on the batch."""
-    from nf_trainer.run import build_data
-    from nf_trainer.transforms.on_device import OnDevice
-
     def batches(on_device: bool, *extra):
         cfg = compose_cfg("dataset=image_folder", f"dataset.root={clean_folder}", "transforms=imagenet",
                           "transforms.image_size=16", "loader.batch_size=8", f"loader.normalize_on_device={on_device}", *extra)
-        _, loaders, _ = build_data(cfg, torch.device("cpu"))
+        loaders = build_data(cfg, torch.device("cpu")).loaders
         torch.manual_seed(0)  # the same random crops and flips either way
         return loaders, [(split, images, targets) for split, loader in loaders.items() for images, targets in loader]
 

@@ -1,24 +1,29 @@
-"""torchrun on CPU (gloo): two ranks train as one job: one MLflow run, one set of checkpoints."""
+"""torchrun on CPU (gloo): two ranks train as one job: one MLflow run, one set of checkpoints; and the
+submitit launcher's local subprocesses, the path SLURM jobs take."""
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import MAIN, ROOT, metric_history, run_main, runs
+import pytest
+
+from tests.conftest import MAIN, ROOT, metric_history, run_main, runs, with_defaults
+
+pytestmark = pytest.mark.slow
 
 
 def torchrun(*overrides, out, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(MAIN),
-           *overrides, f"paths.output_root={out}"]
+           *with_defaults(overrides, out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     return result
 
 
-def test_torchrun_two_ranks_match_a_single_process_run(tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    single.mkdir(), ddp.mkdir()
-    run_main("loader.batch_size=64", "seed=5", out=single)
-    torchrun("loader.batch_size=32", "seed=5", out=ddp)  # 2 ranks x 32 = the same global batch
+def test_torchrun_two_ranks_match_a_single_process_run(default_run, tmp_path):
+    single, reference, _ = default_run  # python main.py: loader.batch_size=64, seed 42
+    ddp = tmp_path / "ddp"
+    ddp.mkdir()
+    torchrun("loader.batch_size=32", out=ddp)  # 2 ranks x 32 = the same global batch
 
     (run,) = runs(ddp)  # rank 1 logs nothing
     assert run.info.status == "FINISHED" and run.data.params["trainer.world_size"] == "2"
@@ -28,7 +33,6 @@ def test_torchrun_two_ranks_match_a_single_process_run(tmp_path):
     assert run_dirs == [Path(run.data.tags["output_dir"])]  # one set of checkpoints
     assert {p.name for p in run_dirs[0].glob("*.pt")} == {"last.pt", "best-f1.pt", "best-loss.pt"}
 
-    (reference,) = runs(single)
     final = lambda out, r: metric_history(out, r.info.run_id, "val/digits/accuracy")[-1].value
     assert abs(final(ddp, run) - final(single, reference)) <= 0.01
 

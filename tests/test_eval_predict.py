@@ -1,6 +1,7 @@
-"""From a training run to a usable model: reports, the MLflow model, exports, mode=eval and mode=predict.
+"""From a training run to a usable model: reports, the MLflow model, exports, mode=eval|predict|export.
 
-One real training run (simple_cnn on digits with named classes) is shared by every check."""
+One real training run (simple_cnn on digits with named classes, the session's `trained`) is shared by every
+check; the jobs run in this process, a sweep over checkpoints as `python main.py -m`."""
 import csv
 import importlib.util
 from pathlib import Path
@@ -10,23 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import client, metric_history, run_main, runs
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.jobs.predict import image_files
+from tests.conftest import client, fails_in_one_line, metric_history, run_here, run_main, runs
 from tests.named_digits import NAMES
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # steady timings on a shared 2-core machine
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "outputs"
-    out.mkdir()
-    run_main("dataset._target_=tests.named_digits.named_digits", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
-             "trainer.save_best=[accuracy]", "loss.label_smoothing=0.1", "mlflow.log_model=true", "mlflow.registered_model_name=digits-cnn",
-             "export=[torchscript,onnx]", "trainer.progress_bar=false", out=out, env=ONE_THREAD)
-    (run,) = runs(out)
-    out_dir = Path(run.data.tags["output_dir"])
-    return out, run, out_dir
+PARENT = "mlflow.parentRunId"
 
 
 def checkpoint_model(path: Path):
@@ -54,7 +45,8 @@ def read_csv(path):
 def test_best_epoch_reports_have_the_class_names(trained):
     out, run, out_dir = trained
     files = {a.path for a in client(out).list_artifacts(run.info.run_id, "reports/digits")}
-    assert files == {f"reports/digits/{name}" for name in ("confusion_matrix.png", "confusion_matrix.csv", "per_class_report.csv")}
+    names = ("confusion_matrix.png", "confusion_matrix.csv", "per_class_report.csv")
+    assert files == {f"reports/digits/{name}" for name in names}
     local = Path(client(out).download_artifacts(run.info.run_id, "reports/digits", str(out / "dl")))
 
     matrix = read_csv(local / "confusion_matrix.csv")
@@ -126,12 +118,18 @@ def test_exports_predict_like_the_checkpoint(trained):
     assert np.allclose(logits, expected.numpy(), atol=1e-4)
 
 
-def test_eval_mode_logs_a_run_with_the_training_runs_best_accuracy(trained):
+def runs_of_mode(out, mode: str) -> list:
+    return [r for r in runs(out) if r.data.tags.get("mode") == mode]
+
+
+def test_eval_mode_logs_a_run_with_the_training_runs_best_accuracy(trained, tmp_path):
     out, run, out_dir = trained
-    run_main("mode=eval", f"ckpt={out_dir}/best-accuracy.pt", out=out, env=ONE_THREAD)
-    evaluation = next(r for r in runs(out) if r.data.tags.get("mode") == "eval")
+    before = {r.info.run_id for r in runs_of_mode(out, "eval")}
+    run_here("mode=eval", f"ckpt={out_dir}/best-accuracy.pt", out=out)
+    (evaluation,) = [r for r in runs_of_mode(out, "eval") if r.info.run_id not in before]
     assert evaluation.info.status == "FINISHED" and evaluation.info.run_id != run.info.run_id
     assert evaluation.data.tags["source_run_id"] == run.info.run_id
+    assert evaluation.info.run_name == f"eval-best-accuracy-{run.info.run_name}"
     best_acc = max(m.value for m in metric_history(out, run.info.run_id, "val/digits/accuracy"))
     (point,) = metric_history(out, evaluation.info.run_id, "val/digits/accuracy")
     assert point.value == best_acc
@@ -139,6 +137,42 @@ def test_eval_mode_logs_a_run_with_the_training_runs_best_accuracy(trained):
     assert evaluation.data.params["model._target_"] == "nf_trainer.model.simple_cnn.SimpleCNN"
     reports = {a.path for a in client(out).list_artifacts(evaluation.info.run_id, "reports/digits")}
     assert "reports/digits/per_class_report.csv" in reports
+    hydra = {a.path for a in client(out).list_artifacts(evaluation.info.run_id, "hydra")}
+    assert {"hydra/config_resolved.yaml", "hydra/overrides.yaml"} <= hydra
+    # the configured objective, as a training run has it: the best val/digits/loss (one epoch here)
+    (loss,) = metric_history(out, evaluation.info.run_id, "val/digits/loss")
+    assert evaluation.data.metrics["objective"] == loss.value
+
+
+def test_eval_mode_returns_the_configured_objective_and_logs_the_average_over_eval_sets(trained, tmp_path):
+    """Two eval sets (the checkpoint's digits twice, under two names): val/avg/* as in training."""
+    out, run, out_dir = trained
+    member = {"_target_": "tests.named_digits.named_digits"}
+    run_here("mode=eval", f"ckpt={out_dir}/best-accuracy.pt", "dataset=multi",
+             f"+dataset.train.a={member}".replace("'", ""), f"+dataset.eval.b={member}".replace("'", ""),
+             "objective.metric=avg/accuracy", "mlflow.run_name=eval-avg", out=out)
+    (evaluation,) = [r for r in runs_of_mode(out, "eval") if r.info.run_name == "eval-avg"]
+    metrics = evaluation.data.metrics
+    assert metrics["val/avg/accuracy"] == pytest.approx((metrics["val/a/accuracy"] + metrics["val/b/accuracy"]) / 2)
+    assert metrics["objective"] == metrics["val/avg/accuracy"]
+
+
+@pytest.mark.slow  # python main.py -m
+def test_a_sweep_over_checkpoints_is_one_parent_with_a_nested_child_each(trained):
+    """`python main.py -m mode=eval ckpt=A,B`: one parent, two children, each with its objective and config hash."""
+    out, run, out_dir = trained
+    checkpoints = [out_dir / "best-accuracy.pt", out_dir / "last.pt"]
+    run_main("-m", "mode=eval", f"ckpt={','.join(map(str, checkpoints))}", "objective.metric=accuracy", out=out)
+    (parent,) = [r for r in runs(out) if r.data.tags.get("sweep.overrides", "").startswith("mode=eval")]
+    children = [r for r in runs(out) if r.data.tags.get(PARENT) == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert sorted(c.data.tags["source_checkpoint"] for c in children) == sorted(str(p) for p in checkpoints)
+    assert len({c.data.tags["nf.config_hash"] for c in children}) == 2
+    for child in children:
+        assert child.data.tags["mode"] == "eval" and child.info.status == "FINISHED"
+        assert child.data.metrics["objective"] == child.data.metrics["val/digits/accuracy"]
+    best = max(children, key=lambda c: c.data.metrics["objective"])
+    assert parent.data.tags["objective.mode"] == "max" and parent.data.metrics["objective"] == best.data.metrics["objective"]
 
 
 def test_predict_mode_writes_the_models_predictions(trained, tmp_path):
@@ -153,8 +187,11 @@ def test_predict_mode_writes_the_models_predictions(trained, tmp_path):
         Image.fromarray((image * 255 / 16).astype(np.uint8)).save(sub / f"digit_{i}.{'PNG' if i % 2 else 'png'}")
     (folder / "flat" / "notes.txt").write_text("not an image")
     csv_path = tmp_path / "predictions.csv"
-    run_main("mode=predict", f"ckpt={out_dir}/best-accuracy.pt", f"predict.input={folder}", f"predict.output={csv_path}",
-             "predict.topk=3", out=out, env=ONE_THREAD)
+    run_here("mode=predict", f"ckpt={out_dir}/best-accuracy.pt", f"predict.input={folder}", f"predict.output={csv_path}",
+             "predict.topk=3", "mlflow.run_name=predict-12", out=out)
+    (prediction,) = [r for r in runs_of_mode(out, "predict") if r.info.run_name == "predict-12"]
+    assert prediction.info.status == "FINISHED" and prediction.data.tags["source_run_id"] == run.info.run_id
+    assert "predictions.csv" in {a.path for a in client(out).list_artifacts(prediction.info.run_id)}
 
     rows = read_csv(csv_path)
     assert rows[0] == ["path", "predicted", "confidence", "top1_class", "top1_confidence", "top2_class",
@@ -173,10 +210,29 @@ def test_predict_mode_writes_the_models_predictions(trained, tmp_path):
         assert [float(row[6]), float(row[8])] == pytest.approx(confidences[1:].tolist(), abs=1e-5)
 
 
+def test_a_job_that_fails_inside_its_run_ends_it_failed_with_the_error(trained, tmp_path):
+    """Predict, like every job, ends its run FAILED with the error's tags when something goes wrong in it."""
+    out, run, out_dir = trained
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for size in (8, 9):
+        Image.fromarray(np.zeros((size, size), dtype=np.uint8)).save(folder / f"{size}.png")
+    line = fails_in_one_line("mode=predict", f"ckpt={out_dir}/last.pt", f"predict.input={folder}",
+                             "transforms.eval=[{_target_: torchvision.transforms.v2.ToDtype, dtype: float32, scale: true}]",
+                             "mlflow.run_name=predict-mixed", out=out)
+    assert "have different sizes after the eval transforms; add a Resize to transforms.eval" in line
+    (failed,) = [r for r in runs(out) if r.info.run_name == "predict-mixed"]
+    assert failed.info.status == "FAILED" and failed.data.tags["error.type"] == "NfTrainerError"
+    assert "different sizes" in failed.data.tags["error"]
+
+
 def test_export_mode_writes_torchscript_from_a_checkpoint(trained):
     out, run, out_dir = trained
-    run_main("mode=export", f"ckpt={out_dir}/best-accuracy.pt", "export=[torchscript]", out=out, env=ONE_THREAD)
+    run_here("mode=export", f"ckpt={out_dir}/best-accuracy.pt", "export=[torchscript]", out=out)
     (exported,) = [p for p in out.glob("runs/*/*/export/model.torchscript.pt") if p.parent.parent != out_dir]
+    (export_run,) = runs_of_mode(out, "export")
+    assert export_run.info.status == "FINISHED"
+    assert {a.path for a in client(out).list_artifacts(export_run.info.run_id, "export")} == {"export/model.torchscript.pt"}
     scripted = torch.jit.load(str(exported))
     model, _ = checkpoint_model(out_dir / "best-accuracy.pt")
     x = digit_batch(3)
@@ -184,33 +240,13 @@ def test_export_mode_writes_torchscript_from_a_checkpoint(trained):
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["mode=eval"], "mode=eval needs ckpt=PATH"),
-    (["mode=predict", "ckpt=x.pt"], "mode=predict needs predict.input=DIR"),
-    (["mode=serve", "ckpt=x.pt"], "mode must be one of train, eval, predict, export, got 'serve'"),
-    (["ckpt=x.pt"], "ckpt= is read by mode=eval|predict|export; to continue training use resume="),
-    (["export=[tflite]"], "export: unknown format 'tflite'; choose from torchscript, onnx"),
-])
-def test_bad_mode_settings_are_one_line_errors(overrides, needle):
-    from nf_trainer.config import validate
-    from nf_trainer.errors import NfTrainerError
-    from tests.test_config import compose_cfg
-
-    with pytest.raises(NfTrainerError) as err:
-        validate(compose_cfg(*overrides))
-    assert needle in str(err.value)
-
-
 def test_a_missing_checkpoint_fails_in_one_line(out, tmp_path):
-    result = run_main("mode=eval", f"ckpt={tmp_path}/missing.pt", out=out, check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"no checkpoint at '{tmp_path}/missing.pt': give ckpt= a .pt file or a run's output dir" in result.stderr
+    line = fails_in_one_line("mode=eval", f"ckpt={tmp_path}/missing.pt", out=out)
+    assert line == f"no checkpoint at '{tmp_path}/missing.pt': give ckpt= a .pt file or a run's output dir"
+    assert not runs(out)
 
 
 def test_a_folder_without_images_is_a_one_line_error(tmp_path):
-    from nf_trainer.errors import NfTrainerError
-    from nf_trainer.predict import image_files
-
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "notes.txt").write_text("not an image")
     with pytest.raises(NfTrainerError, match=f"no images under '{tmp_path}' \\(looked for .bmp, .gif"):

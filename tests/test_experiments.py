@@ -2,8 +2,7 @@
 that need no download run for a short debug run."""
 import pytest
 
-from tests.conftest import ROOT, metric_history, run_main, runs
-from tests.test_config import compose_cfg
+from tests.conftest import ROOT, compose_cfg, metric_history, only_run, run_here
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 OFFLINE = ["digits_efficientnet"]  # the others download CIFAR-10 or pretrained weights, or need dataset.root
@@ -42,9 +41,9 @@ def test_finetune_folder_recipe():
 
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_experiments_run_a_short_debug_run(out, name):
-    run_main(f"experiment={name}", "debug=fast", "loader.batch_size=8", "mlflow.log_model=false",
-             "trainer.progress_bar=false", out=out, env={"OMP_NUM_THREADS": "1"})
-    (run,) = runs(out)
+    run_here(f"experiment={name}", "debug=fast", "loader.batch_size=8", "mlflow.log_model=false",
+             "trainer.progress_bar=false", out=out)
+    run = only_run(out)
     assert run.info.status == "FINISHED" and run.data.tags["experiment"] == name
     assert run.data.params["trainer.max_epochs"] == "1"
     assert [m.step for m in metric_history(out, run.info.run_id, "val/digits/accuracy")] == [1]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nf_trainer.cli.prepare import main
 from nf_trainer.dataset.image_folder import image_folder
-from nf_trainer.prepare import main
-from tests.conftest import ROOT, run_main, runs
+from tests.conftest import ROOT, only_run, run_here
 from tests.data_files import make_image_folder
 
 
@@ -27,10 +27,10 @@ def folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("prepare") / "digits_png", per_class=20)
 
 
-def test_manifest_trains_through_dataset_csv_unchanged(folder, tmp_path):
-    done = prepare("manifest", "--root", str(folder), "--out-dir", str(tmp_path / "lists"), "--val-fraction", "0.2",
-                   "--seed", "0")
-    assert done.returncode == 0, done.stderr
+def test_manifest_trains_through_dataset_csv_unchanged(folder, tmp_path, capsys):
+    assert main(["manifest", "--root", str(folder), "--out-dir", str(tmp_path / "lists"), "--val-fraction", "0.2",
+                 "--seed", "0"]) == 0
+    stdout = capsys.readouterr().out
     train_csv, val_csv = tmp_path / "lists" / "train.csv", tmp_path / "lists" / "val.csv"
     with open(val_csv, newline="") as f:
         val_rows = list(csv.DictReader(f))
@@ -39,18 +39,18 @@ def test_manifest_trains_through_dataset_csv_unchanged(folder, tmp_path):
     split = image_folder(str(folder), check="none").eval["digits_png"].samples
     assert sorted(row["path"] for row in val_rows) == sorted(Path(p).relative_to(folder).as_posix() for p, _ in split)
 
-    command = next(line for line in done.stdout.splitlines() if line.startswith("train with: python main.py "))
+    command = next(line for line in stdout.splitlines() if line.startswith("train with: python main.py "))
     overrides = shlex.split(command.removeprefix("train with: python main.py "))
     assert overrides == ["dataset=csv", f"dataset.root={folder}", f"dataset.train_csv={train_csv}", f"dataset.val_csv={val_csv}"]
-    run_main(*overrides, "trainer.max_epochs=1", "loader.batch_size=32", out=tmp_path / "out")
-    (run,) = runs(tmp_path / "out")
+    run_here(*overrides, "trainer.max_epochs=1", "loader.batch_size=32", out=tmp_path / "out")
+    run = only_run(tmp_path / "out")
     assert run.info.status == "FINISHED" and run.data.metrics["data/bad_files"] == 2
     bad_in_val = sum(row["path"].endswith(("corrupt.jpg", "empty.png")) for row in val_rows)
     assert run.data.params["data.digits_png.size"] == str(len(val_rows) - bad_in_val)
 
 
 def test_stats_prints_config_ready_mean_and_std(folder):
-    done = prepare("stats", "dataset=image_folder", f"dataset.root={folder}", "dataset.mode=L")
+    done = prepare("stats", "dataset=image_folder", f"dataset.root={folder}", "dataset.mode=L")  # the real command
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith("transforms.mean=[") and " transforms.std=[" in line

@@ -1,7 +1,8 @@
 """Interrupted, killed or crashed, a run loses nothing: real main.py processes, real signals, real SIGKILL.
 
 Every run here uses the same small deterministic setup, so a resumed run can be compared bit for bit with
-the uninterrupted reference run.
+the uninterrupted reference run. What needs no process of its own (the reference run, the resumes, the
+crash) runs in this one.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import MAIN, ROOT, client, metric_history, run_main, runs
+from tests.conftest import MAIN, ROOT, client, metric_history, run_here, runs
 
 SETUP = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "loader.batch_size=32",
          "trainer.limit_train_batches=6", "trainer.limit_eval_batches=2", "trainer.early_stopping.enabled=false",
@@ -78,15 +79,16 @@ def assert_same_training(out: Path, reference: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must match."""
     out = tmp_path_factory.mktemp("reference")
-    run_main(*SETUP, out=out)
+    run_here(*SETUP, out=out)
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(reference, tmp_path):
     proc = start_main(*SETUP, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
-    tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking_process" in " ".join(c.cmdline())]
-    assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking_process.py)
+    tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking.child" in " ".join(c.cmdline())]
+    assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking/child.py)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(60) == -signal.SIGKILL
     _, alive = psutil.wait_procs(tracker, timeout=15)
@@ -96,12 +98,13 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(referenc
     resumed_from = last_checkpoint(tmp_path)
     assert 1 <= resumed_from["epoch"] < 3
 
-    run_main(*SETUP, f"resume={killed.data.tags['output_dir']}", out=tmp_path)
+    run_here(*SETUP, f"resume={killed.data.tags['output_dir']}", out=tmp_path)
     (run,) = runs(tmp_path)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert_same_training(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_path):
     # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal
     proc = start_main(*SETUP, "trainer.checkpoint_every_n_steps=4", out=tmp_path)
@@ -114,12 +117,13 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_
     stopped = last_checkpoint(tmp_path)
     assert stopped["step_in_epoch"] > 0 and stopped["partial_epoch"] is not None  # saved inside an epoch
 
-    run_main(*SETUP, "trainer.checkpoint_every_n_steps=4", f"resume={run.data.tags['output_dir']}", out=tmp_path)
+    run_here(*SETUP, "trainer.checkpoint_every_n_steps=4", f"resume={run.data.tags['output_dir']}", out=tmp_path)
     (resumed,) = runs(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert_same_training(tmp_path, reference)  # weights, and the interrupted epoch's train metrics too
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path):
     proc = start_main(*SETUP, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
@@ -132,6 +136,7 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path):
     assert logged(tmp_path, "continue with resume=")
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # each training sample takes 0.3 s: one step of 4 samples lasts over a second, the second Ctrl-C cuts it short
     proc = start_main(*SETUP, "loader.batch_size=4", "dataset._target_=tests.bad_parts.slow_digits",
@@ -150,9 +155,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
 def test_a_nan_batch_is_skipped_then_a_crash_fails_the_run_with_its_error_and_keeps_the_last_epoch(tmp_path):
     # 6 steps per epoch: with trainer.nonfinite=skip the NaN loss of step 3 is dropped and training goes on,
     # then the forward pass of step 9 (epoch 2) raises
-    result = run_main(*SETUP, "trainer.nonfinite=skip", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[3]",
-                      "+model.crash_at=9", out=tmp_path, check=False)
-    assert result.returncode == 1
+    with pytest.raises(RuntimeError, match="simulated crash"):  # not bad input: main.py shows its traceback, exit 1
+        run_here(*SETUP, "trainer.nonfinite=skip", "model._target_=tests.bad_parts.FaultyCNN", "+model.nan_at=[3]",
+                 "+model.crash_at=9", out=tmp_path)
     (run,) = runs(tmp_path)
     out_dir = Path(run.data.tags["output_dir"])
     assert "non-finite loss (nan) at epoch 1, step 3: batch skipped" in (out_dir / "main.log").read_text()

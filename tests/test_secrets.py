@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from nf_trainer.tracking import MASK
-from tests.conftest import client, run_main, runs
+from nf_trainer.tracking.secrets import MASK, is_secret_key, redact, scrub
+from tests.conftest import client, composed, rerun_argv, run_here, runs
 
 SECRETS = {"db.password": "hunter2-db-pass", "hf.token": "envtok-98765", "mlflow.tags.api_key": "tagkey-55555"}
 
@@ -13,7 +13,7 @@ def sweep(tmp_path_factory):
     """A one-job sweep (so a parent run too) given a password, an env-var token and a secret tag."""
     out = tmp_path_factory.mktemp("secrets") / "outputs"
     out.mkdir()
-    run_main("-m", "debug=fast", f"+db.password={SECRETS['db.password']}", "+hf.token=${oc.env:NF_TEST_TOKEN}",
+    run_here("-m", "debug=fast", f"+db.password={SECRETS['db.password']}", "+hf.token=${oc.env:NF_TEST_TOKEN}",
              f"+mlflow.tags.api_key={SECRETS['mlflow.tags.api_key']}", out=out, env={"NF_TEST_TOKEN": SECRETS["hf.token"]})
     return out, runs(out)
 
@@ -53,10 +53,25 @@ def test_artifacts_and_the_store_hold_no_secret(sweep, tmp_path):
             assert not leaks(path.read_bytes()), path
 
 
-def test_rerun_asks_for_the_secrets_again(sweep):
+def test_rerun_asks_for_the_secrets_again(sweep, capsys, monkeypatch):
     out, found = sweep
     (job,) = [r for r in found if "mlflow.parentRunId" in r.data.tags]
-    result = run_main(f"rerun={job.info.run_id}", "--cfg", "job", "--resolve", out=out, env={"NF_TEST_TOKEN": SECRETS["hf.token"]})
-    assert "pass them again if the run needs them: db.password, mlflow.tags.api_key" in result.stderr
-    assert MASK not in result.stdout  # a mask is never put back as a value
-    assert "hf:\n  token: envtok-98765" in result.stdout  # an ${oc.env:...} reference is not a secret: it is kept
+    monkeypatch.setenv("NF_TEST_TOKEN", SECRETS["hf.token"])
+    cfg = composed(rerun_argv(f"rerun={job.info.run_id}", out=out))
+    assert "pass them again if the run needs them: db.password, mlflow.tags.api_key" in capsys.readouterr().err
+    assert MASK not in yaml.safe_dump(cfg)  # a mask is never put back as a value
+    assert cfg["hf"]["token"] == "envtok-98765"  # an ${oc.env:...} reference is not a secret: it is kept
+
+
+@pytest.mark.parametrize("key,secret", [("db.password", True), ("hf_token", True), ("mlflow.tags.api_key", True),
+                                        ("aws.secret_access_key", True), ("max_tokens", False), ("tokenizer", False),
+                                        ("optimizer.lr", False)])
+def test_secret_looking_keys(key, secret):
+    assert is_secret_key(key) is secret
+
+
+def test_redact_and_scrub_mask_values_not_references():
+    tree = {"db": {"password": "x1", "host": "h"}, "list": [{"token": "t2"}], "none": {"api_key": None}}
+    assert redact(tree) == {"db": {"password": MASK, "host": "h"}, "list": [{"token": MASK}], "none": {"api_key": None}}
+    text = "db.password=hunter2 api_key: 'abc' token=${oc.env:T} seen hunter3 max_tokens=5"
+    assert scrub(text, {"hunter3"}) == f"db.password={MASK} api_key: '{MASK}' token=${{oc.env:T}} seen {MASK} max_tokens=5"

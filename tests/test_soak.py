@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, runs
 
 
+@pytest.mark.slow
 def test_sequential_jobs_leave_no_open_run_no_open_files_and_listen_nowhere(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--jobs", "6", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)

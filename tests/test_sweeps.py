@@ -2,6 +2,7 @@
 an Optuna study past a failed trial, and an interrupted sweep that resumes where it stopped."""
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -9,7 +10,10 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import MAIN, ROOT, client, metric_history, run_main, runs
+from nf_trainer.cli.runs_table import main as runs_command
+from tests.conftest import MAIN, client, metric_history, run_main, runs
+
+pytestmark = pytest.mark.slow  # every sweep here is `python main.py -m` (the launchers are what is tested)
 
 PARENT = "mlflow.parentRunId"
 DB_TROUBLE = ("duplicate column", "already exists", "OperationalError", "database is locked", "Online migration",
@@ -64,46 +68,49 @@ def test_a_failed_job_fails_the_sweep_run(out):
     assert parent.info.status == "FAILED" and parent.data.tags["best.run_id"] == children[0].info.run_id
 
 
-def terminal(*args, out):
-    result = subprocess.run([sys.executable, "-m", "nf_trainer.runs", *args, f"paths.output_root={out}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+def terminal(*args, out, capsys):
+    """`python -m nf_trainer.runs <args>`'s output lines (the command, in this process)."""
+    runs_command([*args, f"paths.output_root={out}"])
+    return capsys.readouterr().out.splitlines()
 
 
-def test_runs_list_and_compare_show_the_sweep_best_first_with_the_params_that_differ(grid):
+def test_runs_list_and_compare_show_the_sweep_best_first_with_the_params_that_differ(grid, capsys):
     out, parent, children = grid
     ranked = sorted(children, key=lambda c: c.data.metrics["objective"])
-    title, header, *rows = terminal("list", out=out)
+    title, header, *rows = terminal("list", out=out, capsys=capsys)
     assert parent.info.run_id in title and "min, best first" in title
     assert header.split()[:4] == ["rank", "run", "status", "objective"]
     assert {"optimizer._target_", "optimizer.lr"} <= set(header.split())
     assert "trainer.max_epochs" not in header and "seed" not in header.split()
     assert [row.split()[1] for row in rows] == [c.info.run_id[:8] for c in ranked]
 
-    title, header, *rows = terminal("compare", parent.info.run_id, out=out)
+    title, header, *rows = terminal("compare", parent.info.run_id, out=out, capsys=capsys)
     assert header.split() == [c.info.run_id[:8] for c in ranked]
     names = [row.split()[0] for row in rows]
     assert {"status", "optimizer.lr", "objective", "val/digits/loss", "val/digits/f1", "train/loss"} <= set(names)
     assert "trainer.max_epochs" not in names
 
+    # the tables show 8 characters of an id: those pick the runs too
+    title, header, *rows = terminal("compare", ranked[1].info.run_id[:8], ranked[0].info.run_id[:8], out=out, capsys=capsys)
+    assert header.split() == [c.info.run_id[:8] for c in ranked[:2]]
 
-def test_joblib_sweep_on_a_brand_new_store_twice_in_a_row(tmp_path):
+
+def test_joblib_sweep_on_a_brand_new_store(bare_out):
     """4 parallel jobs (loky processes), each with a DataLoader worker, on a store that does not exist yet."""
-    for attempt in range(2):
-        out = tmp_path / f"attempt{attempt}"
-        out.mkdir()
-        result = run_main("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "optimizer.lr=0.001,0.002,0.003,0.004",
-                          "debug=fast", "loader.num_workers=1", "trainer.progress_bar=false", out=out)
-        output = result.stdout + result.stderr
-        assert not [needle for needle in DB_TROUBLE if needle in output], output[-3000:]
-        (parent,), children = split(out)
-        assert parent.info.status == "FINISHED" and parent.data.tags["sweep.launcher"] == "JoblibLauncher"
-        # the store, the experiment and the parent existed before any job started: no job had to create them
-        assert parent.info.start_time < min(c.info.start_time for c in children)
-        assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.002", "0.003", "0.004"]
-        assert all(c.info.status == "FINISHED" and c.data.params["loader.num_workers"] == "1" for c in children)
-        assert len({c.data.tags["output_dir"] for c in children}) == 4
+    out = bare_out
+    result = run_main("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "optimizer.lr=0.001,0.002,0.003,0.004",
+                      "debug=fast", "loader.num_workers=1", "trainer.progress_bar=false", out=out)
+    output = result.stdout + result.stderr
+    assert not [needle for needle in DB_TROUBLE if needle in output], output[-3000:]
+    with sqlite3.connect(out / "mlflow.db") as db:  # the store the parallel jobs wrote to is whole
+        assert db.execute("pragma integrity_check").fetchone() == ("ok",)
+    (parent,), children = split(out)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.launcher"] == "JoblibLauncher"
+    # the store, the experiment and the parent existed before any job started: no job had to create them
+    assert parent.info.start_time < min(c.info.start_time for c in children)
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.002", "0.003", "0.004"]
+    assert all(c.info.status == "FINISHED" and c.data.params["loader.num_workers"] == "1" for c in children)
+    assert len({c.data.tags["output_dir"] for c in children}) == 4
 
 
 def test_optuna_study_goes_on_past_a_failed_trial(out):
@@ -133,10 +140,10 @@ def test_optuna_study_goes_on_past_a_failed_trial(out):
 def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
     """SIGKILL a sequential sweep after two of its jobs finished; the same command then runs only the others."""
     cmd = [sys.executable, str(MAIN), "-m", "optimizer=sgd", "optimizer.lr=0.01,0.02,0.03,0.04", "debug=fast",
-           "trainer.progress_bar=false", f"paths.output_root={out}"]
+           "trainer.progress_bar=false", "mlflow.log_model=false", f"paths.output_root={out}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     with open(out.parent / "first.log", "w") as log:
-        first = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        first = subprocess.Popen(cmd, cwd=MAIN.parent, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 300
         # open the store only once the sweep created it (a second process creating it would race)
         while not list(out.glob("multirun/*/*/mlflow_sweep.json")) or len(
@@ -150,7 +157,7 @@ def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
     done_before = {c.data.tags["nf.config_hash"] for c in before if c.info.status == "FINISHED"}
     assert parent.info.status == "RUNNING" and 2 <= len(done_before) < 4
 
-    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    second = subprocess.run(cmd, cwd=MAIN.parent, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already FINISHED with this config in this sweep") == len(done_before)
 

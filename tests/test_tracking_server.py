@@ -1,17 +1,24 @@
-"""Tracking at scale: a real `mlflow server` over HTTP, fast failures for a wrong one, system metrics, the UI helper."""
+"""Tracking at scale: one real team server for the module (PostgreSQL behind `mlflow server`, on loopback),
+a sweep that logs everything to it over HTTP, fast one-line failures for a wrong server, system metrics,
+and the UI helper."""
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 from mlflow import MlflowClient
 
-from tests.conftest import MAIN, ROOT, run_main
+from nf_trainer.cli.ui import main as ui_command
+from tests.conftest import ROOT, fails_in_one_line, run_main
 
 
 def free_port() -> int:
@@ -35,53 +42,89 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, log, timeout: float = 240) -> None:
+def wait_until_up(url: str, proc: subprocess.Popen, log, path: str = "/health", timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, open(log).read()[-3000:]
         try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+            requests.get(f"{url}{path}", timeout=2)
+            return
         except requests.RequestException:
-            pass
-        time.sleep(0.5)
+            time.sleep(0.3)
     raise AssertionError(f"{url} did not come up in {timeout} s:\n{open(log).read()[-3000:]}")
 
 
+def as_postgres(*cmd: str) -> list[str]:
+    # PostgreSQL refuses to run as root: run its tools as the 'postgres' user Debian's package creates.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A team-style tracking server on loopback: sqlite backend, artifacts served by the server."""
+def database(tmp_path_factory):
+    """A PostgreSQL database on loopback, the backend of a team server; sqlite where PostgreSQL is not installed
+    (.ci/run installs Debian's postgresql), and then the PostgreSQL checks skip."""
+    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    try:
+        import psycopg  # noqa: F401  (pip install -e '.[dev]' brings it)
+    except ImportError:
+        initdb = None
+    if initdb is None:
+        yield f"sqlite:///{tmp_path_factory.mktemp('server')}/server.db"
+        return
+    bindir = Path(initdb).resolve().parent
+    home = Path(tempfile.mkdtemp(prefix="nf_pg_"))
+    home.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres", "postgres")
+    data, port = home / "data", free_port()
+    subprocess.run(as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"),
+                   check=True, capture_output=True)
+    subprocess.run(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "pg.log"), "-o",
+                               f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"), check=True, capture_output=True)
+    try:
+        subprocess.run(as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"),
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(database, tmp_path_factory):
+    """`mlflow server` on that database, artifacts stored by the server: (url, its artifact root, backend uri)."""
     root = tmp_path_factory.mktemp("server")
     url, log = f"http://127.0.0.1:{free_port()}", root / "server.log"
-    proc = start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
-                  "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                  "--port", url.rsplit(":", 1)[1], "--workers", "1"], log, cwd=root)
+    proc = start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database, "--artifacts-destination",
+                  str(root / "artifacts"), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"],
+                 log, cwd=root)
     try:
         wait_until_up(url, proc, log)
-        yield url, root
+        yield url, root / "artifacts", database
     finally:
         stop(proc)
 
 
 @pytest.fixture(scope="module")
 def http_sweep(server, tmp_path_factory):
-    url, root = server
+    url, artifacts, database = server
     out = tmp_path_factory.mktemp("http") / "outputs"
     out.mkdir()
-    run_main("-m", "optimizer=sgd,adam", "debug=fast", f"mlflow.tracking_uri={url}", "mlflow.system_metrics=true", out=out,
-             env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.3"})
-    return url, root, out
+    run_main("-m", "optimizer=sgd,adam", "debug=fast", "mlflow=team", f"mlflow.tracking_uri={url}",
+             "mlflow.system_metrics=true", out=out, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.3"})
+    return url, artifacts, database, out
 
 
-def test_a_sweep_logs_in_full_to_a_tracking_server(http_sweep):
-    """Runs, nesting, params, metrics (system metrics too: mlflow.system_metrics=true), artifacts, over HTTP."""
-    url, root, out = http_sweep
+@pytest.mark.slow
+def test_a_sweep_logs_in_full_to_a_team_server(http_sweep):
+    """Runs, nesting, params, metrics (system metrics too), artifacts, over HTTP, stored in PostgreSQL."""
+    url, artifacts, database, out = http_sweep
     client = MlflowClient(url)
     experiment = client.get_experiment_by_name("nf_trainer")
     found = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
-    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.info.status == "FINISHED" and len(found) == 3
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id and c.info.status == "FINISHED" for c in children)
     assert sorted(c.data.params["optimizer._target_"] for c in children) == ["torch.optim.Adam", "torch.optim.SGD"]
     for child in children:
@@ -92,15 +135,30 @@ def test_a_sweep_logs_in_full_to_a_tracking_server(http_sweep):
             "hydra/config_resolved.yaml", "hydra/overrides.yaml"}
         assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")} == {
             "checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
-        assert list((root / "artifacts").rglob(f"{child.info.run_id}/artifacts/checkpoints/best-f1.pt"))
+        assert list(artifacts.rglob(f"{child.info.run_id}/artifacts/checkpoints/best-f1.pt"))
     assert not (out / "mlflow.db").exists()  # nothing went to a local store
+    if not database.startswith("postgresql://"):
+        pytest.skip("PostgreSQL is not installed here: the same sweep ran against a sqlite-backed server")
+    import psycopg
+
+    with psycopg.connect(database) as connection:  # the metrics are rows of the team's database
+        (count,) = connection.execute("select count(*) from metrics where key = 'val/digits/accuracy'").fetchone()
+    assert count == 2
 
 
-@pytest.mark.parametrize("sweep", [[], ["-m"]], ids=["run", "sweep"])
-def test_an_unreachable_server_fails_in_one_line_within_seconds(out, sweep):
+def test_an_unreachable_server_fails_in_one_line_within_seconds(out):
     started = time.time()
-    result = run_main(*sweep, "debug=fast", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}", out=out, check=False)
-    assert time.time() - started < 20  # python start included; MLflow's own retries would take minutes
+    line = fails_in_one_line("debug=fast", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}", out=out)
+    assert time.time() - started < 10  # MLflow's own retries would take minutes
+    assert "is not reachable" in line and line.endswith("or fix mlflow.tracking_uri")
+    assert not list(out.rglob("*.pt"))  # no training
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_stops_a_sweep_before_it_starts(out):
+    started = time.time()
+    result = run_main("-m", "debug=fast", f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}", out=out, check=False)
+    assert time.time() - started < 20  # python start included
     assert result.returncode == 1 and "is not reachable" in result.stderr and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if "MLflow tracking server" in line][0].endswith(
         "or fix mlflow.tracking_uri")
@@ -111,49 +169,31 @@ def test_a_server_that_is_not_mlflow_is_named_as_such(out, tmp_path):
     port, log = free_port(), tmp_path / "http.log"
     proc = start([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], log, cwd=tmp_path)
     try:
-        wait_until_up_plain(f"http://127.0.0.1:{port}/", proc, log)
-        result = run_main("debug=fast", f"mlflow.tracking_uri=http://127.0.0.1:{port}", out=out, check=False)
+        wait_until_up(f"http://127.0.0.1:{port}", proc, log, path="/", timeout=30)
+        line = fails_in_one_line("debug=fast", f"mlflow.tracking_uri=http://127.0.0.1:{port}", out=out)
     finally:
         stop(proc)
-    assert result.returncode == 1 and "it does not look like an MLflow tracking server" in result.stderr
-    assert "HTTP 404" in result.stderr and "Traceback" not in result.stderr
+    assert "it does not look like an MLflow tracking server" in line and "HTTP 404" in line
 
 
-def wait_until_up_plain(url, proc, log, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, open(log).read()
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
+def test_system_metrics_without_psutil_fail_before_the_run(bare_out, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError, as on a machine without it
+    line = fails_in_one_line("mlflow.system_metrics=true", "debug=fast", out=bare_out)
+    assert line.startswith("mlflow.system_metrics=true needs psutil: pip install 'nf-trainer[system]'")
+    assert not (bare_out / "mlflow.db").exists() and not list(bare_out.rglob("*.pt"))  # checked first: no store, no run
 
 
-def test_system_metrics_without_psutil_fail_before_the_run(out):
-    # sys.modules[name] = None makes `import psutil` raise ImportError, as on a machine without it
-    probe = ("import runpy, sys; sys.modules['psutil'] = None; "
-             f"sys.argv = [{str(MAIN)!r}] + sys.argv[1:]; runpy.run_path({str(MAIN)!r}, run_name='__main__')")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run([sys.executable, "-c", probe, "mlflow.system_metrics=true", "debug=fast",
-                             f"paths.output_root={out}"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "mlflow.system_metrics=true needs psutil: pip install 'nf-trainer[system]'" in result.stderr
-    assert not (out / "mlflow.db").exists() and not list(out.rglob("*.pt"))  # checked first: no store, no run
+@pytest.mark.slow
+def test_ui_serves_the_project_store_on_loopback_and_prints_the_runs_url(http_sweep, default_run, tmp_path, capsys):
+    url = http_sweep[0]
+    remote_id = MlflowClient(url).get_experiment_by_name("nf_trainer").experiment_id
+    ui_command([f"mlflow.tracking_uri={url}"])  # a server already: it names its runs URL at once
+    assert f"{url}/#/experiments/{remote_id}/runs" in capsys.readouterr().out
 
-
-def test_ui_serves_the_project_store_on_loopback_and_prints_the_runs_url(http_sweep, tmp_path):
-    url, root, _ = http_sweep
-    experiment_id = MlflowClient(url).get_experiment_by_name("nf_trainer").experiment_id
-    # the team server names its runs URL at once
-    remote = subprocess.run([sys.executable, "-m", "nf_trainer.ui", f"mlflow.tracking_uri={url}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert remote.returncode == 0 and f"{url}/#/experiments/{experiment_id}/runs" in remote.stdout
-
+    out = default_run[0]
+    experiment_id = MlflowClient(f"sqlite:///{out}/mlflow.db").get_experiment_by_name("nf_trainer").experiment_id
     port, log = free_port(), tmp_path / "ui.log"
-    ui = start([sys.executable, "-m", "nf_trainer.ui", "--port", str(port), f"mlflow.tracking_uri=sqlite:///{root}/server.db"],
-               log)
+    ui = start([sys.executable, "-m", "nf_trainer.ui", "--port", str(port), f"paths.output_root={out}"], log)
     try:
         wait_until_up(f"http://127.0.0.1:{port}", ui, log)
         assert f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs" in log.read_text()

@@ -1,20 +1,13 @@
-"""End to end: the real main.py trains real models on the digits set and logs to a real sqlite store."""
-import torch
+"""Training end to end: `python main.py` itself (once per session, shared), and the training job run in
+this process through the real Hydra, on real models and the digits set, logged to a real sqlite store."""
 import pytest
+import torch
 
-from tests.conftest import metric_history, run_main, runs, client
-
-
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """`python main.py` with defaults (simple_cnn on digits), run once for several checks."""
-    out = tmp_path_factory.mktemp("default") / "outputs"
-    out.mkdir()
-    result = run_main(out=out)
-    (run,) = runs(out)
-    return out, run, result
+from nf_trainer.core.errors import NfTrainerError
+from tests.conftest import client, fails_in_one_line, metric_history, only_run, run_here, runs
 
 
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_reaches_target_accuracy(default_run):
     out, run, _ = default_run
     assert run.info.status == "FINISHED"
@@ -22,6 +15,7 @@ def test_default_run_reaches_target_accuracy(default_run):
     assert best_acc >= 0.97
 
 
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     out, run, _ = default_run
     params, tags = run.data.params, run.data.tags
@@ -33,6 +27,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
     assert tags["device"] == "cpu" and tags["precision"] == "32"  # what trainer.device/precision=auto chose
     assert tags["overrides"] == f"mlflow.log_model=false paths.output_root={out}" and tags["output_dir"].startswith(str(out))
+    assert tags["mode"] == "train" and len(tags["nf.config_hash"]) == 16
     for key in ("train/loss", "train/accuracy", "val/digits/loss", "val/digits/accuracy", "val/digits/precision",
                 "val/digits/recall", "val/digits/f1", "lr"):
         history = metric_history(out, run.info.run_id, key)
@@ -46,6 +41,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     assert ckpts == {"checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
 
 
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_writes_checkpoints(default_run):
     out, run, _ = default_run
     out_dir = run.data.tags["output_dir"]
@@ -57,25 +53,26 @@ def test_default_run_writes_checkpoints(default_run):
     assert best["best"]["f1"]["best"] == pytest.approx(max(f1))
 
 
+@pytest.mark.slow  # python main.py itself, 20 epochs
+def test_the_main_job_prints_where_its_run_went(default_run):
+    out, run, result = default_run
+    log = result.stdout + result.stderr
+    assert f"MLflow run {run.info.run_id} (simple_cnn-adamw-lr0.003) in sqlite:///{out}/mlflow.db" in log
+    assert "epoch 20/20" in log and "best model: best-" in log
+
+
 def test_optimizer_override_is_logged(out):
-    run_main("optimizer=adam", "optimizer.lr=1e-3", "trainer.max_epochs=2", "trainer.limit_train_batches=3", out=out)
-    (run,) = runs(out)
+    run_here("optimizer=adam", "optimizer.lr=1e-3", "trainer.max_epochs=2", "trainer.limit_train_batches=3", out=out)
+    run = only_run(out)
     assert run.info.status == "FINISHED"
     assert run.data.params["optimizer.lr"] == "0.001"
     assert run.data.params["optimizer._target_"] == "torch.optim.Adam"
     assert run.info.run_name == "simple_cnn-adam-lr0.001-max_epochs2-limit_train_batches3"
 
 
-def test_multirun_gives_one_finished_run_per_job(out):
-    run_main("-m", "optimizer=sgd,adam", "trainer.max_epochs=1", out=out)
-    found = [r for r in runs(out) if "mlflow.parentRunId" in r.data.tags]  # the jobs, under the sweep's parent run
-    assert len(found) == 2 and all(r.info.status == "FINISHED" for r in found)
-    assert sorted(r.data.params["optimizer._target_"] for r in found) == ["torch.optim.Adam", "torch.optim.SGD"]
-
-
 def test_early_stopping_stops_when_nothing_improves(out):
-    run_main("optimizer.lr=0", "trainer.max_epochs=10", "trainer.early_stopping.patience=2", out=out)
-    (run,) = runs(out)
+    run_here("optimizer.lr=0", "trainer.max_epochs=10", "trainer.early_stopping.patience=2", out=out)
+    run = only_run(out)
     assert run.info.status == "FINISHED"
     # epoch 1 sets the best loss; epochs 2 and 3 do not improve on it -> stop after 3 epochs
     assert [m.step for m in metric_history(out, run.info.run_id, "val/digits/loss")] == [1, 2, 3]
@@ -89,10 +86,11 @@ def test_early_stopping_stops_when_nothing_improves(out):
 def test_resume_continues_the_same_run_and_matches_a_straight_run(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
-    run_main("trainer.max_epochs=4", "seed=3", out=straight)
-    run_main("trainer.max_epochs=2", "seed=3", out=split)
+    short = ("seed=3", "trainer.limit_train_batches=8")
+    run_here("trainer.max_epochs=4", *short, out=straight)
+    run_here("trainer.max_epochs=2", *short, out=split)
     (first,) = runs(split)
-    run_main("trainer.max_epochs=4", "seed=3", f"resume={first.data.tags['output_dir']}/last.pt", out=split)
+    run_here("trainer.max_epochs=4", *short, f"resume={first.data.tags['output_dir']}/last.pt", out=split)
 
     (resumed,) = runs(split)  # still one run
     assert resumed.info.run_id == first.info.run_id and resumed.info.status == "FINISHED"
@@ -109,15 +107,15 @@ def test_resume_continues_the_same_run_and_matches_a_straight_run(tmp_path):
 
 
 def test_debug_overfit_loss_falls(out):
-    run_main("debug=overfit", out=out)
-    (run,) = runs(out)
+    run_here("debug=overfit", out=out)
+    run = only_run(out)
     losses = [m.value for m in metric_history(out, run.info.run_id, "train/loss")]
     assert len(losses) == 30 and losses[-1] < 0.3 * losses[0]
 
 
 def test_efficientnet_b0_trains(out):
-    run_main("model=efficientnet_b0", "debug=fast", out=out)
-    (run,) = runs(out)
+    run_here("model=efficientnet_b0", "debug=fast", out=out)
+    run = only_run(out)
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "efficientnet-b0"
     assert run.data.params["model.image_size"] == "None"  # filled from the data at build time
     assert int(run.data.params["model.num_params"]) > 3_000_000
@@ -130,9 +128,11 @@ def test_efficientnet_b0_trains(out):
     ("optimizer._target_=torch.optim.Adamm", "unknown optimizer 'Adamm' in torch.optim; did you mean 'Adam'"),
 ])
 def test_bad_input_fails_in_one_line_and_leaves_no_running_run(out, override, needle):
-    result = run_main(override, out=out, check=False)
-    assert result.returncode != 0
-    assert needle in result.stderr
-    assert "Traceback" not in result.stderr
-    if (out / "mlflow.db").exists():
-        assert all(r.info.status != "RUNNING" for r in runs(out)) if client(out).get_experiment_by_name("nf_trainer") else True
+    assert needle in fails_in_one_line(override, out=out)
+    assert all(r.info.status != "RUNNING" for r in runs(out))
+
+
+def test_an_unknown_objective_metric_fails_before_the_run(out):
+    with pytest.raises(NfTrainerError, match="unknown metric 'f2': choose one of .*val/digits/f1"):
+        run_here("debug=fast", "objective.metric=f2", out=out)
+    assert client(out).get_experiment_by_name("nf_trainer") is None  # no run, not even its experiment
