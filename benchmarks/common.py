@@ -6,8 +6,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a clean clone without `pip install -e .`
@@ -85,7 +85,7 @@ def compose_job(overrides: list[str], output_dir: Path):
     from hydra.core.utils import configure_log
     from omegaconf import open_dict
 
-    from nf_trainer.config import register_configs
+    from nf_trainer.core.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -103,22 +103,22 @@ def compose_job(overrides: list[str], output_dir: Path):
 
 
 def run_timed(cfg) -> float:
-    """Run the job as main.py does (`nf_trainer.run.run`) and return the throughput of its epoch loop
-    (`engine.fit`: train + evaluate + logging + checkpoints): training images / seconds."""
-    from nf_trainer import run as run_module
-    from nf_trainer.trainer import engine
+    """Run the job as main.py does (`nf_trainer.sweep.job.run_hydra_job`) and return the throughput of its epoch
+    loop (`trainer.loop.fit`: train + evaluate + logging + checkpoints): training images / seconds."""
+    from nf_trainer.jobs import train as train_job
+    from nf_trainer.sweep.job import run_hydra_job
 
-    fit, timed = engine.fit, {}
+    fit, timed = train_job.fit, {}
 
-    def timed_fit(job, tracker):
+    def timed_fit(parts, settings, state, tracker):
         with Timer() as timer:
-            result = fit(job, tracker)
-        timed.update(seconds=timer.seconds, images=job.epoch * len(job.train_loader.dataset))
+            result = fit(parts, settings, state, tracker)
+        timed.update(seconds=timer.seconds, images=state.epoch * len(parts.train_loader.dataset))
         return result
 
-    engine.fit = timed_fit  # run() looks engine.fit up when it calls it
+    train_job.fit = timed_fit  # the train job looks `fit` up in its module when it calls it
     try:
-        run_module.run(cfg)
+        run_hydra_job(cfg)
     finally:
-        engine.fit = fit
+        train_job.fit = fit
     return timed["images"] / timed["seconds"]

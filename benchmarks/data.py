@@ -13,7 +13,7 @@ One thread, like a DataLoader worker (workers run torch.set_num_threads(1)). Tar
     python benchmarks/data.py --to-gpu [--workers 8]      # on a CUDA machine
 
 The whole loader path into the GPU, as `dataset=image_folder transforms=imagenet` builds it
-(nf_trainer.run.build_data, pinned memory): (A) float32 batches normalized by the workers, then copied;
+(nf_trainer.dataset.loaders.build_data, pinned memory): (A) float32 batches normalized by the workers, then copied;
 (B) `loader.normalize_on_device` (the CUDA default): uint8 batches copied, ToDtype/Normalize on the GPU.
 Prints images/s delivered to the GPU and the ratio B/A (no target: it depends on the CPU/GPU balance).
 """
@@ -89,15 +89,15 @@ def throughput(load, paths) -> float:
 def to_gpu(folder: Path, workers: int, on_device: bool) -> float:
     """Images/s of one pass over the train loader, batches on the GPU and normalized (waits for the GPU)."""
     import torch
-
     from common import compose_job
-    from nf_trainer.run import build_data
+
+    from nf_trainer.dataset.loaders import build_data
 
     cfg = compose_job(["dataset=image_folder", f"dataset.root={folder / 'images'}", "dataset.val_fraction=0.1",
                        "transforms=imagenet", "loader.batch_size=64", f"loader.num_workers={workers}",
                        f"loader.normalize_on_device={on_device}", f"paths.output_root={folder}/out"], folder / "out")
     device = torch.device("cuda")
-    _, loaders, _ = build_data(cfg, device)
+    loaders = build_data(cfg, device).loaders
     seen = 0
     with Timer() as timer:
         for images, _ in loaders["train"]:

@@ -33,7 +33,7 @@ def trainer_config(compile_model: bool):
     """The default `trainer` node of conf/, with compile switched."""
     from hydra import compose, initialize_config_dir
 
-    from nf_trainer.config import register_configs
+    from nf_trainer.core.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -107,7 +107,7 @@ def measure(name: str, compile_model: bool, args, device) -> dict:
     print(f"{name:16s} {'compiled' if compile_model else 'eager':8s} {ips:8.0f} img/s  fwd {flops / 1e9:.2f} GFLOP/img  "
           f"{achieved / 1e12:6.1f} TFLOP/s  MFU {mfu}  (autocast {step_settings.dtype}, warm-up+compile {warmup_s:.0f} s, "
           f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else 0:.1f} GiB)", flush=True)
-    del model, optimizer, step_settings
+    model = optimizer = step_settings = step = None  # free the GPU memory before the next model
     torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()

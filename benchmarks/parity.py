@@ -58,9 +58,11 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     from torch.utils.data import DataLoader
 
     from nf_trainer import create_instance
+    from nf_trainer.core.device import resolve_device, seed_everything
+    from nf_trainer.model.build import build_model, data_facts
     from nf_trainer.model.finetune import build_optimizer
-    from nf_trainer.run import build_metrics, model_inputs, resolve_device, seed_everything
     from nf_trainer.trainer import speed
+    from nf_trainer.trainer.metrics import build_metrics
     from nf_trainer.transforms import build_transforms
 
     cfg = job_config(case, out, "handwritten", device_name)
@@ -71,7 +73,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     (val_set,) = data.eval.values()
     train_loader = DataLoader(data.train, batch_size=cfg.loader.batch_size, shuffle=True)
     val_loader = DataLoader(val_set, batch_size=cfg.loader.batch_size)
-    model = create_instance(cfg.model, **model_inputs(cfg.model, data)).to(device)
+    model = build_model(cfg.model, data_facts(data)).to(device)
     if hasattr(model, "set_swish"):
         model.set_swish(memory_efficient=False)
     fmt = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
@@ -106,7 +108,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
 
 
 def nf_trainer_run(case: str, out: Path, device_name: str) -> float:
-    """(b): `run(cfg)`, as main.py calls it; its epoch loop (engine.fit) is timed."""
+    """(b): the job as main.py runs it; its epoch loop (trainer.loop.fit) is timed."""
     return run_timed(job_config(case, out, "nf_trainer", device_name))
 
 
@@ -121,7 +123,8 @@ def main() -> None:
     try:
         for case in CASES if args.case == "all" else [args.case]:
             print(f"== {case}: {' '.join(CASES[case][0])}, {CASES[case][1]} epochs, device {args.device}")
-            results = alternate(lambda: handwritten(case, out, args.device), lambda: nf_trainer_run(case, out, args.device),
+            results = alternate(lambda case=case: handwritten(case, out, args.device),
+                                lambda case=case: nf_trainer_run(case, out, args.device),
                                 args.repeats or CASES[case][3], "hand-written", "nf_trainer")
             summary(f"parity {case}", *results, target=CASES[case][2], what="throughput ratio B/A (nf_trainer / hand-written)")
     finally:

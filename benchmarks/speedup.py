@@ -1,4 +1,4 @@
-"""Speed-up: nf_trainer with its default speed settings vs a naive loop in the seed's style.
+"""Speed-up: nf_trainer with its default speed settings vs a naive loop in the style of the project's original design.
 
     python benchmarks/speedup.py
 
@@ -24,7 +24,7 @@ OVERRIDES = ["model=efficientnet_b0", "dataset=synthetic", "transforms=none", "d
 
 
 def naive(out: Path) -> float:
-    """(A): the loop as the seed wrote it."""
+    """(A): the loop as the original design wrote it: defaults everywhere, no speed settings."""
     import numpy as np
     import torch
     from efficientnet_pytorch import EfficientNet

@@ -111,7 +111,8 @@ def main() -> int:
     statuses = [r.info.status for r in found if "mlflow.parentRunId" in r.data.tags]
     statuses += [] if all(r.info.status == "FINISHED" for r in found) else ["parent not FINISHED"]
     records = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
-    result = verdict(records, statuses, args.jobs, args.max_growth_mb) if len(records) >= WARMUP else {"ok": False, "jobs": len(records)}
+    enough = len(records) >= WARMUP
+    result = verdict(records, statuses, args.jobs, args.max_growth_mb) if enough else {"ok": False, "jobs": len(records)}
     (out / "soak.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0 if result["ok"] else 1
