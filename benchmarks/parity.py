@@ -63,6 +63,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.trainer import speed
     from nf_trainer.trainer.metrics import build_metrics
+    from nf_trainer.trainer.schedule import build_schedule
     from nf_trainer.transforms import build_transforms
 
     cfg = job_config(case, out, "handwritten", device_name)
@@ -80,7 +81,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     model = model.to(memory_format=fmt)
     optimizer = build_optimizer(cfg.optimizer, model,  # the optimizer node minus nf_trainer's own `head_lr` key
                                 **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
-    scheduler = create_instance(cfg.scheduler, torch.optim.lr_scheduler, optimizer=optimizer)
+    scheduler = build_schedule(cfg.scheduler, optimizer, len(train_loader), cfg.trainer.max_epochs).scheduler  # per epoch
     loss_fn = torch.nn.CrossEntropyLoss()
     metrics = build_metrics(cfg.metrics, data.num_classes, device)
     dtype = speed.autocast_dtype(cfg.trainer.precision, device)

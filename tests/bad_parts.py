@@ -2,6 +2,7 @@
 user's own model or dataset would be (`model._target_=tests.bad_parts.FaultyCNN`)."""
 from __future__ import annotations
 
+import signal
 import time
 
 import torch
@@ -12,11 +13,12 @@ from nf_trainer.model.simple_cnn import SimpleCNN
 
 class FaultyCNN(SimpleCNN):
     """SimpleCNN whose training forward passes go wrong at chosen steps (1-based, counted in this process):
-    `nan_at` returns NaN logits, `crash_at` raises RuntimeError."""
+    `nan_at` returns NaN logits, `crash_at` raises RuntimeError, `term_at` sends this process SIGTERM (a
+    pre-emption at a known step)."""
 
-    def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, **kwargs):
+    def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, term_at=None, **kwargs):
         super().__init__(num_classes, in_channels, **kwargs)
-        self.nan_at, self.crash_at, self.steps = set(nan_at), crash_at, 0
+        self.nan_at, self.crash_at, self.term_at, self.steps = set(nan_at), crash_at, term_at, 0
 
     def forward(self, x):
         logits = super().forward(x)
@@ -25,6 +27,8 @@ class FaultyCNN(SimpleCNN):
         self.steps += 1
         if self.steps == self.crash_at:
             raise RuntimeError(f"simulated crash in forward at training step {self.steps}")
+        if self.steps == self.term_at:
+            signal.raise_signal(signal.SIGTERM)
         return logits * float("nan") if self.steps in self.nan_at else logits
 
 

@@ -218,12 +218,13 @@ def default_run(tmp_path_factory, worker_id):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, empty_store):
     """One trained checkpoint per session: simple_cnn on digits with named classes, its MLflow model logged and
-    registered, TorchScript and ONNX exports: (out, run, output dir)."""
+    registered (alias champion), TorchScript and ONNX exports: (out, run, output dir)."""
     out = tmp_path_factory.mktemp("trained") / "outputs"
     out.mkdir()
     shutil.copyfile(empty_store, out / "mlflow.db")
     run_here("dataset._target_=tests.named_digits.named_digits", "trainer.max_epochs=3", "trainer.limit_train_batches=8",
              "trainer.save_best=[accuracy]", "loss.label_smoothing=0.1", "mlflow.log_model=true",
-             "mlflow.registered_model_name=digits-cnn", "export=[torchscript,onnx]", "trainer.progress_bar=false", out=out)
+             "mlflow.registered_model_name=digits-cnn", "mlflow.registered_model_alias=champion", "export=[torchscript,onnx]",
+             "trainer.progress_bar=false", out=out)
     run = only_run(out)
     return out, run, Path(run.data.tags["output_dir"])

@@ -25,6 +25,9 @@ from tests.conftest import fails_in_one_line, run_here, run_main, run_probed, ru
 from tests.data_files import make_image_folder
 
 FAST = ("debug=fast", "trainer.progress_bar=false")
+# No network for weight downloads: the Hugging Face Hub offline, an unreachable proxy, an empty cache
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}/hf", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "no_proxy": "", "NO_PROXY": ""}
 
 
 def drop_root_file_override() -> None:
@@ -49,6 +52,7 @@ class Case:
     new_run_failed: bool = False  # the case gets as far as an MLflow run, which must then be FAILED
     check: Callable | None = None  # more checks on that failed run
     own_process: bool = False  # run `python main.py` (always, with a preexec)
+    env: dict | None = None  # more environment for the job ('{tmp}' filled in)
 
 
 def last_good_checkpoint_kept(run) -> None:
@@ -102,7 +106,7 @@ CASES = [
     Case("typo_key", ("trainer.max_epoch=3",), "Could not override 'trainer.max_epoch'. To append to your config use "
          "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'", own_process=True),
     Case("unknown_group_option", ("optimizer=adamm",),
-         "Could not find 'optimizer/adamm'. Available options in 'optimizer': adam, adamw, rmsprop, sgd"),
+         "Could not find 'optimizer/adamm'. Available options in 'optimizer': adam, adamw, adan, lamb, lion, rmsprop, sgd"),
     Case("wrong_type", ("loader.batch_size=abc",),
          "Error merging override loader.batch_size=abc. Value 'abc' of type 'str' could not be converted to Integer"),
     Case("negative_epochs", ("trainer.max_epochs=-1",), "trainer.max_epochs must be >= 1, got -1"),
@@ -140,6 +144,15 @@ CASES = [
     Case("empty_class_folder", FOLDER, "class folder(s) with no images in {tmp}/images: 7", setup=with_empty_class),
     Case("corrupt_image", FOLDER, "{tmp}/images/3/corrupt.jpg: ", setup=with_corrupt_image),
     Case("zero_byte_image", FOLDER, "{tmp}/images/5/empty.png: ", setup=with_zero_byte_image),
+    Case("warmup_longer_than_the_run", (*FAST, "scheduler.warmup_epochs=2"),
+         "scheduler.warmup_epochs=2 is not shorter than the run (trainer.max_epochs=1, 2 optimizer steps each): "
+         "lower scheduler.warmup_epochs or raise trainer.max_epochs"),
+    Case("unknown_timm_model", (*FAST, "model=timm", "model.name=resnet181"),
+         "unknown timm model 'resnet181'; did you mean resnet18"),
+    Case("timm_pretrained_offline", (*FAST, "model=timm", "model.name=resnet18", "model.pretrained=true"),
+         "cannot download the pretrained weights of timm model 'resnet18' (", own_process=True, env=OFFLINE),
+    Case("alias_without_a_registered_model", (*FAST, "mlflow.registered_model_alias=champion"),
+         "mlflow.registered_model_alias needs mlflow.registered_model_name=NAME"),
     Case("csv_without_path_column", (*FAST, "dataset=csv", "dataset.train_csv={tmp}/images/all.csv"),
          "{tmp}/images/all.csv has no column 'path' (its columns: file, label)", setup=csv_without_path_column),
 ]
@@ -169,7 +182,8 @@ def test_bad_input(case: Case, store, tmp_path):
         case.setup(out, folder, tmp_path)
     try:
         if case.own_process or case.preexec is not None:
-            result = run_main(*map(fill, case.args), out=out, check=False, preexec_fn=case.preexec)
+            env = {key: fill(value) for key, value in (case.env or {}).items()}
+            result = run_main(*map(fill, case.args), out=out, check=False, preexec_fn=case.preexec, env=env)
             assert result.returncode == 1, result.stderr[-3000:]
             assert "Traceback" not in result.stderr, result.stderr[-3000:]
             last_line = [line for line in result.stderr.splitlines() if line.strip()][-1]

@@ -109,7 +109,7 @@ def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):
         assert result.returncode == 0, result.stderr
         assert "HEAVY: []" in result.stdout
     help_text = subprocess.run([sys.executable, str(MAIN), "--help"], capture_output=True, text=True, timeout=60).stdout
-    for line in ("optimizer: adam, adamw, rmsprop, sgd", "scheduler: cosine, multistep, none, step",
+    for line in ("optimizer: adam, adamw, adan, lamb, lion, rmsprop, sgd", "scheduler: cosine, multistep, none, onecycle, step",
                  "model: convnext_tiny, efficientnet_b0, efficientnet_b1", "debug: fast, overfit",
                  "dataset: cifar10, cifar100, csv, digits, fashion_mnist, image_folder, mnist, multi",
                  "transforms: cifar, digits, imagenet", "transforms/augment: autoaugment, randaugment, trivialaugment"):

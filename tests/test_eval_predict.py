@@ -93,9 +93,11 @@ def test_logged_model_loads_and_predicts_like_the_checkpoint(trained):
         assert logged(x[:5]).shape == (5, 10)  # the batch size is not frozen
     info = mlflow.models.get_model_info(uri)
     assert info.metadata["classes"] == NAMES
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
+    assert info.flavors["python_function"]["loader_module"] == "nf_trainer.tracking.pyfunc"  # it takes raw images
+    assert info.signature is None  # not the torch module's float batches: the pyfunc takes images of any size
     version = client(out).get_model_version("digits-cnn", "1")  # mlflow.registered_model_name=digits-cnn
     assert version.run_id == run.info.run_id and version.status == "READY"
+    assert str(client(out).get_model_version_by_alias("digits-cnn", "champion").version) == "1"
 
 
 def test_exports_predict_like_the_checkpoint(trained):
@@ -251,3 +253,81 @@ def test_a_folder_without_images_is_a_one_line_error(tmp_path):
     (tmp_path / "sub" / "notes.txt").write_text("not an image")
     with pytest.raises(NfTrainerError, match=f"no images under '{tmp_path}' \\(looked for .bmp, .gif"):
         image_files(tmp_path)
+
+
+def digit_pngs(folder: Path, n: int) -> list[Path]:
+    """The last n digits images as 8x8 grey PNG files, as a user would have them."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir(parents=True)
+    files = [folder / f"digit_{i:02d}.png" for i in range(n)]
+    for file, image in zip(files, load_digits().images[-n:]):
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).save(file)
+    return files
+
+
+def as_base64(path: Path) -> str:
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_the_logged_model_takes_raw_images_and_names_the_classes_mode_predict_names(trained, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    out, run, out_dir = trained
+    files = digit_pngs(tmp_path / "images", 12)
+    run_here("mode=predict", f"ckpt={out_dir}/best-accuracy.pt", f"predict.input={tmp_path / 'images'}",
+             f"predict.output={tmp_path / 'predictions.csv'}", out=out)
+    predicted = {row[0]: row[1] for row in read_csv(tmp_path / "predictions.csv")[1:]}
+    expected = [predicted[str(file)] for file in files]
+
+    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    from_strings = served.predict(pd.DataFrame({"image": [as_base64(file) for file in files]}))
+    assert list(from_strings.class_name) == expected  # the eval transforms are inside: same classes as mode=predict
+    assert [NAMES[i] for i in from_strings.class_index] == expected
+    probabilities = np.array(from_strings.probabilities.tolist())
+    assert probabilities.shape == (12, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    arrays = [np.asarray(Image.open(file)) for file in files]  # uint8 (8, 8)
+    assert list(served.predict(arrays).class_name) == expected
+    # any size, any channels: an RGB photo-sized array is resized and turned grey by the eval preprocessing
+    big_rgb = np.repeat(np.kron(arrays[0], np.ones((5, 4), dtype=np.uint8))[:, :, None], 3, axis=2)  # (40, 32, 3)
+    assert served.predict(big_rgb).class_name.tolist()[0] in NAMES
+    with pytest.raises(Exception, match="an image array must be uint8"):
+        served.predict(np.zeros((8, 8), dtype=np.float32))
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_class_names(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.test_tracking_server import free_port, stop, wait_until_up
+
+    out, run, out_dir = trained
+    files = digit_pngs(tmp_path / "images", 5)
+    url, log = f"http://127.0.0.1:{free_port()}", tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db",  # uvicorn: the venv's
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    try:
+        wait_until_up(url, proc, log, path="/ping")
+        reply = requests.post(f"{url}/invocations", timeout=60,
+                              json={"dataframe_split": {"columns": ["image"], "data": [[as_base64(f)] for f in files]}})
+        assert reply.status_code == 200, reply.text
+        predictions = reply.json()["predictions"]
+    finally:
+        stop(proc)
+    model, _ = checkpoint_model(out_dir / "best-accuracy.pt")
+    pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 255.0)[None] for f in files])
+    with torch.no_grad():
+        expected = [NAMES[i] for i in model((pixels - 0.5) / 0.5).argmax(dim=1).tolist()]
+    assert [p["class_name"] for p in predictions] == expected
+    assert all(len(p["probabilities"]) == 10 and NAMES[p["class_index"]] == p["class_name"] for p in predictions)

@@ -23,7 +23,7 @@ def digits_batch(n: int = 2):
 
 def test_every_model_preset_fits_the_data_and_takes_a_training_step():
     """Each preset built as a training job builds it (sizes from the data), on real digits: one SGD step."""
-    assert {"simple_cnn", "torchvision", "resnet18", "resnet50", "mobilenet_v3_small", "convnext_tiny",
+    assert {"simple_cnn", "torchvision", "timm", "resnet18", "resnet50", "mobilenet_v3_small", "convnext_tiny",
             *(f"efficientnet_b{i}" for i in range(8))} <= set(PRESETS)
     images, labels = digits_batch()
     sizes = {}
@@ -67,7 +67,7 @@ def test_torchvision_model_by_name_fits_the_data():
 
 
 @pytest.mark.parametrize("model_name,head", [("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3"),
-                                             ("efficientnet_b0", "_fc")])
+                                             ("efficientnet_b0", "_fc"), ("timm", "fc")])
 def test_freeze_backbone_trains_only_the_head_at_its_own_lr(model_name, head):
     cfg, model = build(f"model={model_name}", "model.freeze_backbone=true", "optimizer.lr=0.001", "optimizer.head_lr=0.1",
                        image_size=32)
@@ -88,6 +88,51 @@ def test_head_lr_without_freezing_gives_two_param_groups():
     assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)  # the rest of optimizer.* applies to both
     plain = build_optimizer(compose_cfg("model=resnet18").optimizer, model)
     assert len(plain.param_groups) == 1
+
+
+def test_timm_model_by_name_fits_the_data():
+    _, model = build("model=timm", "model.name=convnext_atto", num_classes=7)
+    assert head_name(model) == "head.fc" and model.head.fc.out_features == 7  # timm's pretrained_cfg names it
+    assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 1
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_timm_pretrained_path_loads_a_local_file_for_other_classes_and_channels(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet10t", num_classes=1000)  # "ImageNet" weights: 1000 classes, RGB
+    save_file(source.state_dict(), tmp_path / "model.safetensors")
+    _, model = build("model=timm", "model.name=resnet10t", f"model.pretrained_path={tmp_path / 'model.safetensors'}")
+    assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight)  # the backbone is the file's
+    assert model.fc.out_features == 10  # a new head for the data's classes
+    stem = model.conv1[0].weight
+    assert stem.shape[1] == 1 and torch.allclose(stem, source.conv1[0].weight.sum(dim=1, keepdim=True))  # RGB folded
+
+
+def test_layer_decay_gives_each_timm_layer_group_a_lower_lr_than_the_one_above():
+    cfg, model = build("model=timm", "model.name=resnet10t", "optimizer.lr=0.01", "optimizer.layer_decay=0.5")
+    optimizer = build_optimizer(cfg.optimizer, model)
+    lrs = sorted({group["lr"] for group in optimizer.param_groups}, reverse=True)
+    assert lrs == pytest.approx([0.01 * 0.5 ** k for k in range(len(lrs))]) and len(lrs) > 3
+    head = {id(p) for p in model.fc.parameters()}
+    assert all(g["lr"] == 0.01 for g in optimizer.param_groups if head & {id(p) for p in g["params"]})
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups if all(p.ndim == 1 for p in g["params"]))
+    one_step(model, optimizer)
+    with pytest.raises(NfTrainerError, match="optimizer.layer_decay needs a timm model"):
+        build_optimizer(cfg.optimizer, build("model=simple_cnn")[1])
+    with pytest.raises(NfTrainerError, match="optimizer.head_lr and optimizer.layer_decay both set"):
+        build_optimizer(compose_cfg("optimizer.layer_decay=0.5", "optimizer.head_lr=0.1").optimizer, model)
+
+
+@pytest.mark.parametrize("name", ["lamb", "lion", "adan"])
+def test_timm_optimizers_are_optimizer_options(name):
+    cfg, model = build(f"optimizer={name}")
+    optimizer = build_optimizer(cfg.optimizer, model)
+    assert type(optimizer).__module__.startswith("timm.optim") and optimizer.defaults["lr"] == cfg.optimizer.lr
+    before = [p.detach().clone() for p in model.parameters()]
+    one_step(model, optimizer)
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
 
 
 def test_class_weights_and_label_smoothing():
@@ -124,6 +169,7 @@ def test_efficientnet_pretrained_advprop_offline_fails_in_one_line(monkeypatch, 
 
 @pytest.mark.parametrize("overrides,needle", [
     (["model=torchvision", "model.name=resnet181"], "unknown torchvision model 'resnet181'; did you mean resnet18"),
+    (["model=timm", "model.name=convnext_atom"], "unknown timm model 'convnext_atom'; did you mean convnext_atto"),
     (["model=resnet18", "model.pretrained=true", "model.weights=IMAGENET9K"],
      "model.weights='IMAGENET9K' is not a weight set of resnet18; choose one of DEFAULT, IMAGENET1K_V1"),
 ])

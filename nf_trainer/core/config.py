@@ -83,6 +83,7 @@ class MlflowConf:  # mlflow=team (conf/mlflow/team.yaml) points these at a track
     log_checkpoints: str = "best"  # best | all | none: which of the run's .pt files become artifacts
     log_model: bool = True  # the best model, once at the end, with mlflow.pytorch.log_model (a few seconds)
     registered_model_name: Optional[str] = None  # a name: also register that model in the Model Registry
+    registered_model_alias: Optional[str] = None  # e.g. champion: that alias moves to the new version
     system_metrics: bool = False  # CPU, memory, disk, network (and GPU) as system/* metrics; needs psutil
     # where MLflow's calls run: process (a child process: its imports overlap the job's start and its writes
     # never take the loop's time) | inline (this process) | auto: process, unless this process has MLflow
@@ -172,6 +173,8 @@ def validate(cfg) -> None:
          "trainer.gradient_clip_val must be > 0 or null"),
         (cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1,
          "trainer.ema_decay must be between 0 and 1 (exclusive) or null"),
+        (not cfg.mlflow.registered_model_alias or cfg.mlflow.registered_model_name,
+         "mlflow.registered_model_alias needs mlflow.registered_model_name=NAME (the registered model it names a version of)"),
     ]
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, (int, float)):

@@ -7,12 +7,14 @@ torchvision's decoders for JPEG, WebP and GIF (faster than PIL, no PIL round tri
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2.functional import pil_to_tensor, rgb_to_grayscale
 
 from nf_trainer.core.errors import NfTrainerError
@@ -54,22 +56,42 @@ def image_format(head: bytes) -> str | None:
 
 def load_image(path, mode: str = "RGB"):
     """The image at `path` as a uint8 tensor (C, H, W) in `mode`. Raises on a file that does not decode."""
-    channels = check_mode(mode)
     with open(path, "rb") as f:
-        fmt = image_format(f.read(12))
+        return decode_image_bytes(f.read(), mode)
+
+
+def decode_image_bytes(data: bytes, mode: str = "RGB"):
+    """An encoded image (a file's bytes) as a uint8 tensor (C, H, W) in `mode`: what `load_image` reads a file with."""
+    channels = check_mode(mode)
+    fmt = image_format(data[:12])
     if fmt in DECODED_BY_TORCHVISION:
-        data = read_file(str(path))
         # WebP and GIF decoders ignore GRAY (and warn): read them as RGB, convert below
         read_mode = ImageReadMode.GRAY if channels == 1 and fmt == "jpeg" else ImageReadMode.RGB
-        image = decode_image(data, mode=read_mode, apply_exif_orientation=True)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode,
+                             apply_exif_orientation=True)
         if image.ndim == 4:  # an animated GIF: its first frame
             image = image[0]
         return to_channels(image, channels)
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data)) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: PIL's convert would clip at 255, scale instead
             im = Image.fromarray((np.clip(np.asarray(im), 0, 65535) >> 8).astype(np.uint8), "L")
         return pil_to_tensor(im.convert(mode))
+
+
+def image_from_array(array, mode: str = "RGB"):
+    """A uint8 array (H, W) or (H, W, C) with C 1, 3 or 4 (or integers in 0-255) as a uint8 tensor (C, H, W) in `mode`, converted
+    by Pillow as a PNG of those pixels would be."""
+    check_mode(mode)
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.integer) and array.size and 0 <= array.min() and array.max() <= 255:
+        array = array.astype(np.uint8)  # JSON has no uint8: pixel values arrive as wider integers
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise NfTrainerError(f"an image array must be uint8 of shape (H, W) or (H, W, C) with C 1, 3 or 4, "
+                             f"not {array.dtype} {tuple(array.shape)}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return pil_to_tensor(Image.fromarray(np.ascontiguousarray(array)).convert(mode))
 
 
 def to_channels(image, channels: int):

@@ -16,6 +16,7 @@ from nf_trainer.tracking.interface import Tracker
 from nf_trainer.trainer.checkpoint import load_checkpoint
 from nf_trainer.trainer.distributed import barrier, unwrap
 from nf_trainer.trainer.state import Parts, Settings
+from nf_trainer.transforms import node_list
 
 log = logging.getLogger("nf_trainer")
 
@@ -32,7 +33,9 @@ def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: 
         example = example_batch(parts)
         model = for_export(unwrap(parts.model))
         if cfg.mlflow.log_model:
-            log.info("logged the model: %s", tracker.log_model(model, example, classes, cfg.mlflow.registered_model_name))
+            uri = tracker.log_model(model, example, classes, cfg.mlflow.registered_model_name,
+                                    node_list(cfg.transforms.get("eval")), cfg.mlflow.registered_model_alias)
+            log.info("logged the model: %s", uri)
         if cfg.export:
             tracker.log_artifact(export_model(model, example, list(cfg.export), settings.out_dir / "export"), "export")
     log_checkpoints(tracker, settings.out_dir, cfg.mlflow.log_checkpoints)

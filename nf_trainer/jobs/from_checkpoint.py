@@ -66,7 +66,8 @@ def open_checkpoint(cfg: DictConfig) -> Source:
 
 def checkpoint_model(source: Source, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model with its weights, in eval mode on `device`."""
-    no_download = {"pretrained": False} if "pretrained" in source.cfg.model else {}  # the checkpoint has the weights
+    no_download = {key: value for key, value in (("pretrained", False), ("pretrained_path", None))
+                   if key in source.cfg.model}  # the checkpoint has the weights
     model = build_model(source.cfg.model, source.facts, **no_download)
     load_weights(model, source.ckpt, source.path)
     return model.to(device).eval()

@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.core.device import describe_device, resolve_device, seed_everything
 from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.core.instantiate import create_instance
 from nf_trainer.core.metric_keys import known_keys, resolve_key, resolve_mode
 from nf_trainer.dataset.loaders import Data, build_data
 from nf_trainer.jobs.best_model import finish_training
@@ -32,6 +31,7 @@ from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
 from nf_trainer.trainer.loop import fit
 from nf_trainer.trainer.metrics import BatchedUpdates, build_metrics
+from nf_trainer.trainer.schedule import build_schedule, optimizer_steps_per_epoch
 from nf_trainer.trainer.signals import StopRequest
 from nf_trainer.trainer.state import LoopState, Parts, Settings, restore
 from nf_trainer.trainer.watch import best_watchers, early_stop_watcher
@@ -113,9 +113,9 @@ def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settin
     """The optimization (optimizer, schedule, loss), the metrics and the watchers, around the model and data."""
     optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model),  # optimizer.head_lr: the head's own group
                                 **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
-    scheduler = None
-    if cfg.scheduler is not None and cfg.scheduler.get("_target_"):
-        scheduler = create_scheduler(cfg.scheduler, optimizer)
+    steps = optimizer_steps_per_epoch(len(data.loaders["train"]), cfg.trainer.limit_train_batches,
+                                      cfg.trainer.accumulate_grad_batches)
+    scheduler = build_schedule(cfg.scheduler, optimizer, steps, cfg.trainer.max_epochs)
     splits, eval_sets = data.splits, list(data.splits.eval)
     train_metrics = build_metrics(cfg.metrics, splits.num_classes, device, train=True)
     known = known_keys(eval_sets, cfg.metrics, train_metrics)
@@ -131,10 +131,6 @@ def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settin
         batch_transform=build_batch_transform(cfg.transforms, splits.num_classes),
         train_sampler=data.loaders["train"].sampler if ddp.enabled else None,
     )
-
-
-def create_scheduler(node: DictConfig, optimizer: torch.optim.Optimizer):
-    return create_instance(node, torch.optim.lr_scheduler, optimizer=optimizer)
 
 
 def resolve_objective(cfg: DictConfig, parts: Parts) -> str:

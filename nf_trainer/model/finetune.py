@@ -5,6 +5,8 @@
 - The *stem* is the first Conv2d; it is adapted when the data has another number of channels than 3.
 - `model.freeze_backbone=true` trains the head only; `optimizer.head_lr` gives the head its own
   learning rate through an optimizer parameter group (the rest keeps `optimizer.lr`).
+- `optimizer.layer_decay` (timm models): layer-wise learning-rate decay, the head at `optimizer.lr` and each
+  earlier layer group `layer_decay` times lower, through timm's `param_groups_layer_decay`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ log = logging.getLogger("nf_trainer")
 
 
 def head_name(model: nn.Module) -> str:
+    named = getattr(model, "pretrained_cfg", {}).get("classifier")  # timm models name their classifier
+    if isinstance(named, str) and named in dict(model.named_modules()):
+        return named
     names = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
     if not names:
         raise NfTrainerError(f"{type(model).__name__} has no Linear or Conv2d layer to use as its classifier head")
@@ -82,12 +87,41 @@ def param_groups(model: nn.Module, head_lr: float | None) -> list:
     return groups + [{"params": head_params, "lr": head_lr}]
 
 
+def layer_decay_groups(model: nn.Module, layer_decay: float, lr: float, weight_decay: float) -> list:
+    """timm's layer-wise groups, each with its scaled lr set (torch's schedulers then scale those, as they do any
+    group's): the head at `lr`, the layer group k steps below it at `lr * layer_decay**k`."""
+    if not hasattr(model, "group_matcher"):
+        raise NfTrainerError(f"optimizer.layer_decay needs a timm model (model=timm), whose layers timm can group; "
+                             f"{type(model).__name__} is not one")
+    from timm.optim import param_groups_layer_decay
+
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=no_decay,
+                                      layer_decay=layer_decay)
+    for group in groups:
+        group["lr"] = lr * group.pop("lr_scale")
+    log.info("optimizer: layer decay %g over %d groups, lr %g (head) down to %g", layer_decay, len(groups), lr,
+             min(group["lr"] for group in groups))
+    return groups
+
+
+OURS = ("head_lr", "layer_decay")  # nf_trainer's optimizer keys, not the optimizer's
+
+
 def build_optimizer(node, model: nn.Module, **kwargs):
-    """`optimizer.*` minus `head_lr` (ours, not the optimizer's) builds a torch.optim optimizer over the groups;
-    `kwargs` (e.g. fused=True) go to the optimizer."""
-    head_lr = node.get("head_lr")
+    """`optimizer.*` minus `head_lr` and `layer_decay` (ours, not the optimizer's) builds an optimizer (torch.optim,
+    or any `_target_`, e.g. timm.optim.Lamb) over the groups; `kwargs` (e.g. fused=True) go to the optimizer."""
+    head_lr, layer_decay = node.get("head_lr"), node.get("layer_decay")
     node = copy.copy(node)  # keeps its key: errors still say 'optimizer'
     with open_dict(node):
-        node.pop("head_lr", None)
+        for key in OURS:
+            node.pop(key, None)
+    if layer_decay is None:
+        params = param_groups(model, head_lr)
+    elif head_lr is not None:
+        raise NfTrainerError("optimizer.head_lr and optimizer.layer_decay both set the head's lr: layer decay already "
+                             "gives the head optimizer.lr and every earlier layer less; set one of them")
+    else:
+        params = layer_decay_groups(model, layer_decay, node.lr, node.get("weight_decay", 0.0))
     # _convert_: the param-group dicts must reach torch as plain dicts, not DictConfigs.
-    return create_instance(node, torch.optim, params=param_groups(model, head_lr), _convert_="all", **kwargs)
+    return create_instance(node, torch.optim, params=params, _convert_="all", **kwargs)

@@ -45,8 +45,10 @@ class Tracker(Protocol):
     def log_inputs(self, described: list[dict]) -> None:
         """Dataset inputs, as `tracking.dataset_inputs.describe_inputs` gives them."""
 
-    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None) -> str | None:
-        """`model` (a CPU torch module in eval mode) as the run's MLflow model; returns its URI."""
+    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str | None:
+        """`model` (a CPU torch module in eval mode) as the run's MLflow model, served on raw images through
+        `eval_transforms` (config nodes); registered (with that alias) when a name is given; returns its URI."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
         ...

@@ -160,32 +160,33 @@ class MlflowTracker:
         except MlflowException:  # parallel sweep jobs registering the same dataset at once (a UNIQUE race): it exists now
             self.client.log_inputs(self.run_id, datasets=inputs)
 
-    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None) -> str:
-        """The model in MLflow's `pt2` format (torch.export): it loads back as a `torch.fx.GraphModule` that needs
-        only torch. `example` (a CPU batch of at least 2: a batch of 1 would freeze the batch size) is the input
-        example and gives the signature; the class names go into the model's metadata."""
+    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str:
+        """The model with two flavors (tracking/pyfunc.py): MLflow's pytorch one (pt2, loads back as a
+        `torch.fx.GraphModule` that needs only torch) and a python_function one that takes raw images through
+        `eval_transforms` (the transforms' config nodes). `example` (a CPU batch of at least 2: a batch of 1
+        would freeze the batch size) is what torch.export traces; the class names go into the metadata."""
         import mlflow
         import torch
-        from mlflow.models import infer_signature
 
-        with torch.inference_mode():
-            output = model(example)
-        # log_model reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
+        from nf_trainer.tracking import pyfunc  # lazy: imports torch when it runs
+
+        # Model.log reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
         # this run's (in a child tracker's process, where that global state touches nothing else).
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-        with warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
-            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-            info = mlflow.pytorch.log_model(
-                model, name="model", run_id=self.run_id, serialization_format="pt2",
-                input_example=example.numpy(), signature=infer_signature(example.numpy(), output.numpy()),
-                metadata={"classes": list(classes)},
-                # Listing the one requirement skips MLflow's inference of them, which takes seconds.
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                registered_model_name=registered_model_name,
-            )
-        registered = (f", registered as '{registered_model_name}' version {info.registered_model_version}"
-                      if registered_model_name else "")
+        # Listing the requirements skips MLflow's inference of them, which takes seconds.
+        requirements = [f"{name}=={version.split('+')[0]}" for name, version in
+                        (("torch", torch.__version__), ("torchvision", _version("torchvision")), ("pillow", _version("pillow")))]
+        info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id, registered_model_name,
+                                requirements)
+        registered = ""
+        if registered_model_name:
+            registered = f", registered as '{registered_model_name}' version {info.registered_model_version}"
+            if registered_model_alias:
+                self.client.set_registered_model_alias(registered_model_name, registered_model_alias,
+                                                       info.registered_model_version)
+                registered += f" (alias '{registered_model_alias}')"
         return f"runs:/{self.run_id}/model ({info.model_uri}){registered}"
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -243,6 +244,12 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
 
 
 def _dataset_source(text: str):

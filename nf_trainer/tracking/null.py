@@ -31,7 +31,8 @@ class NullTracker:
     def log_inputs(self, described: list[dict]) -> None:
         pass
 
-    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None) -> str | None:
+    def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str | None:
         return None
 
     def set_tags(self, tags: dict[str, str]) -> None:

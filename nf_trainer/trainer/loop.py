@@ -39,7 +39,7 @@ def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str
         metrics |= evaluate_sets(parts.eval_model, parts.eval_loaders, parts.loss_fn, parts.eval_metrics,
                                  settings.device, settings.limit_eval_batches, parts.speed)
         if parts.scheduler is not None:
-            parts.scheduler.step()
+            parts.scheduler.epoch_ended()  # a schedule per epoch (trainer/schedule.py)
         state.epoch, state.step_in_epoch = epoch + 1, 0
 
         tracker.log_metrics(metrics, step=state.epoch)
@@ -94,11 +94,14 @@ def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker,
                 parts.train_metrics.update(logits.detach(), targets)
         if update:
             speed.step(parts.optimizer, model)  # (unscale, clip,) step, zero_grad, EMA update
+            if parts.scheduler is not None:
+                parts.scheduler.optimizer_stepped()  # a schedule per optimizer step
 
         if settings.log_every_n_steps and state.global_step % settings.log_every_n_steps == 0:
             parts.guard.check(epoch)  # this step syncs anyway: stop early on a NaN/Inf loss
             step_loss = loss.item()  # the one sync, on logging steps only
-            tracker.log_step_metrics({metric_key("step_loss"): step_loss}, step=state.global_step)
+            lr = parts.optimizer.param_groups[0]["lr"]  # the lr the next step trains with
+            tracker.log_step_metrics({metric_key("step_loss"): step_loss, metric_key("step_lr"): lr}, step=state.global_step)
             bar.set_postfix(loss=f"{step_loss:.4f}")
         every = settings.checkpoint_every_n_steps
         if state.stop.requested or (every and state.global_step % every == 0):

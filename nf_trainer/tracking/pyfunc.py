@@ -1,0 +1,76 @@
+"""The run's MLflow model: one folder, two flavors.
+
+- `pytorch` (MLflow's, saved as pt2): `mlflow.pytorch.load_model(uri)` gives the torch module, which takes
+  float batches already through the eval transforms, as before;
+- `python_function` (ours: this module is its loader): takes raw uint8 images (arrays of any size, or
+  base64 PNG/JPEG strings in a DataFrame column), applies the run's eval transforms and returns the class
+  name, index and probabilities of each (nf_trainer/model/serving.py). `mlflow models serve -m
+  runs:/<id>/model` serves it.
+
+The folder carries the nf_trainer package (its `code/`, which MLflow puts on sys.path before loading), so
+loading it needs torch, torchvision and Pillow, not an install of nf_trainer of the same version.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+SERVING_DIR = "serving"  # the python_function flavor's data: serving.json
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # nf_trainer/
+
+
+def log_model(model, example, classes: list[str], eval_transforms: list[dict], run_id: str,
+              registered_model_name: str | None, pip_requirements: list[str]):
+    """Log the two-flavor model under the run as `model`; returns MLflow's ModelInfo."""
+    from mlflow.models import Model
+
+    return Model.log(artifact_path=None, name="model", flavor=sys.modules[__name__], flavor_name="pytorch", run_id=run_id,
+                     registered_model_name=registered_model_name, metadata={"classes": list(classes)},
+                     pytorch_model=model, example=example, eval_transforms=eval_transforms,
+                     pip_requirements=pip_requirements, serialization_format="pt2")
+
+
+def save_model(path, mlflow_model, pytorch_model, example, eval_transforms: list[dict], pip_requirements: list[str],
+               serialization_format: str = "pt2"):
+    """What `Model.log` calls: MLflow's pytorch flavor, then our python_function flavor in place of its own."""
+    import mlflow.pytorch
+    import torch
+    from mlflow import pyfunc
+    from mlflow.models import infer_signature
+
+    with torch.inference_mode():
+        output = pytorch_model(example)
+    with warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        mlflow.pytorch.save_model(
+            pytorch_model, path, mlflow_model=mlflow_model, serialization_format=serialization_format,
+            # pt2 (torch.export) needs both; a batch of 2 keeps the batch size free
+            input_example=example.numpy(), signature=infer_signature(example.numpy(), output.numpy()),
+            pip_requirements=pip_requirements, code_paths=[str(PACKAGE_DIR)])
+    root = Path(path)
+    (root / SERVING_DIR).mkdir()
+    (root / SERVING_DIR / "serving.json").write_text(json.dumps({
+        "channels": int(example.shape[1]), "classes": mlflow_model.metadata["classes"],
+        "eval_transforms": eval_transforms}, indent=1))
+    pyfunc.add_to_model(mlflow_model, loader_module=__name__, data=SERVING_DIR, code="code",
+                        conda_env="conda.yaml", python_env="python_env.yaml")
+    # The saved signature and input example describe the torch module's float batches, not the images the
+    # python_function flavor takes: MLflow would hold served requests to them.
+    for name in ("input_example.json", "serving_input_example.json"):
+        (root / name).unlink(missing_ok=True)
+    mlflow_model.signature, mlflow_model.saved_input_example_info = None, None
+    mlflow_model.save(str(root / "MLmodel"))
+
+
+def _load_pyfunc(data_path: str, model_config=None):
+    """MLflow's python_function loader: the classifier of raw images over the pytorch flavor's module."""
+    import mlflow.pytorch
+
+    from nf_trainer.model.serving import ImageClassifier  # lazy: torch and torchvision, at load time only
+    from nf_trainer.transforms import build_pipeline  # lazy: the same
+
+    spec = json.loads((Path(data_path) / "serving.json").read_text())
+    model = mlflow.pytorch.load_model(str(Path(data_path).parent))
+    return ImageClassifier(model, build_pipeline(spec["eval_transforms"]), spec["channels"], spec["classes"])
