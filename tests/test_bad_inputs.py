@@ -111,6 +111,8 @@ CASES = [
          "Error merging override loader.batch_size=abc. Value 'abc' of type 'str' could not be converted to Integer"),
     Case("negative_epochs", ("trainer.max_epochs=-1",), "trainer.max_epochs must be >= 1, got -1"),
     Case("negative_lr", ("optimizer.lr=-0.1",), "optimizer.lr must be >= 0, got -0.1"),
+    Case("negative_step_size", ("scheduler.step_size=-3",),
+         "scheduler.step_size must be an integer >= 1 (epochs between decays), got -3"),
     Case("zero_batch_size", ("loader.batch_size=0",), "loader.batch_size must be >= 1, got 0"),
     Case("val_fraction_out_of_range", ("dataset.val_fraction=1.5",),
          "dataset.val_fraction must be between 0 and 1 (exclusive), got 1.5"),

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from nf_trainer.core.config import Config, validate
-from nf_trainer.core.errors import NfTrainerError
-from tests.conftest import MAIN, ROOT, compose_cfg, run_probed
+from nf_trainer.core.errors import NfTrainerError, one_line_errors
+from tests.conftest import MAIN, ROOT, compose_cfg, environment, run_here, run_probed
 
 CONF = ROOT / "conf"
 GROUPS = ["optimizer", "scheduler", "loss", "model", "dataset", "transforms", "metrics", "mlflow", "debug"]
@@ -78,10 +78,16 @@ def test_team_server_option_points_at_a_server_and_keeps_the_other_defaults():
     ("mode=serve", "mode must be one of train, eval, predict, export, got 'serve'"),
     ("ckpt=x.pt", "ckpt= is read by mode=eval|predict|export; to continue training use resume="),
     ("export=[tflite]", "export: unknown format 'tflite'; choose from torchscript, onnx"),
+    ("scheduler.gamma=0", "scheduler.gamma must be > 0"),
+    ("scheduler=multistep scheduler.milestones=[0,5]", "scheduler.milestones must be integers >= 1 (epochs), got [0, 5]"),
+    ("scheduler=cosine scheduler.T_max=0", "scheduler.T_max must be an integer >= 1"),
+    ("optimizer=sgd optimizer.momentum=1.5", "optimizer.momentum must be in [0, 1), got 1.5"),
+    ("optimizer.betas=[0.9,1.0]", "optimizer.betas must be two numbers in [0, 1), got [0.9, 1.0]"),
+    ("optimizer=rmsprop +optimizer.eps=0", "optimizer.eps must be > 0"),
 ])
 def test_out_of_range_values_are_one_line_errors(override, needle):
     with pytest.raises(NfTrainerError) as err:
-        validate(compose_cfg(override))
+        validate(compose_cfg(*override.split()))
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
@@ -101,6 +107,19 @@ def test_bad_overrides_fail_at_composition(override, needle):
     with pytest.raises(Exception) as err:
         compose_cfg(override)
     assert needle in f"{err.value} {err.value.__cause__}"
+
+
+def test_a_user_config_file_that_does_not_parse_is_one_line_with_its_place(tmp_path, bare_out):
+    broken = tmp_path / "my_conf" / "optimizer" / "broken.yaml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("_target_: torch.optim.SGD\nlr: [0.1\n")
+    with environment(HYDRA_FULL_ERROR=None), pytest.raises(SystemExit) as exit_:
+        with one_line_errors():  # what main.py runs the job in
+            run_here("--config-dir", str(broken.parent.parent), "optimizer=broken", out=bare_out)
+    message = exit_.value.code  # a string: printed on stderr, exit status 1
+    assert message.startswith(f"{broken}:3:1: config file does not parse: expected ',' or ']'") and "\n" not in message
+    assert "flow sequence at line 2, column 5" in message
+    assert list(bare_out.iterdir()) == []  # no run folder, no MLflow store
 
 
 def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):

@@ -2,12 +2,13 @@
 beside main.py that find the store, or a dataset, as main.py would)."""
 from __future__ import annotations
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from nf_trainer.core.config import register_configs
-from nf_trainer.core.errors import NfTrainerError, one_line
+from nf_trainer.core.errors import NfTrainerError, one_line, yaml_error_line
 from nf_trainer.core.paths import PROJECT_ROOT
 
 
@@ -18,3 +19,5 @@ def project_config(overrides: list[str]) -> DictConfig:
             return compose("config", overrides=list(overrides))
     except HydraException as exc:
         raise NfTrainerError(one_line(exc)) from None
+    except yaml.MarkedYAMLError as exc:
+        raise NfTrainerError(yaml_error_line(exc)) from None

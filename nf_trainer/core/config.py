@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.option_ranges import option_checks
 from nf_trainer.core.paths import PROJECT_ROOT
 
 
@@ -176,9 +177,7 @@ def validate(cfg) -> None:
         (not cfg.mlflow.registered_model_alias or cfg.mlflow.registered_model_name,
          "mlflow.registered_model_alias needs mlflow.registered_model_name=NAME (the registered model it names a version of)"),
     ]
-    lr = cfg.optimizer.get("lr")
-    if isinstance(lr, (int, float)):
-        checks.append((lr >= 0, f"optimizer.lr must be >= 0, got {lr}"))
+    checks += option_checks(cfg)  # optimizer.lr, scheduler.step_size, ... (core/option_ranges.py)
     fraction = cfg.dataset.get("val_fraction")
     if isinstance(fraction, (int, float)):
         checks.append((0 < fraction < 1, f"dataset.val_fraction must be between 0 and 1 (exclusive), got {fraction}"))

@@ -8,6 +8,7 @@ import re
 import sys
 from contextlib import contextmanager
 
+import yaml
 from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
@@ -31,6 +32,19 @@ def one_line_errors():
         yield
     except CompactHydraException as exc:
         sys.exit(one_line(exc))
+    except yaml.MarkedYAMLError as exc:  # a config file (ours, --config-dir, hydra.searchpath) that does not parse
+        sys.exit(yaml_error_line(exc))
+
+
+def yaml_error_line(exc: yaml.MarkedYAMLError) -> str:
+    """'FILE:LINE:COLUMN: config file does not parse: <problem> (<context> at line L, column C)'."""
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
+    context = ""
+    if exc.context:
+        at = exc.context_mark
+        context = f" ({exc.context}" + (f" at line {at.line + 1}, column {at.column + 1})" if at is not None else ")")
+    return f"{where}config file does not parse: {exc.problem or 'invalid YAML'}{context}; fix the YAML there"
 
 
 def one_line(exc: BaseException) -> str:

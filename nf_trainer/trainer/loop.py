@@ -31,7 +31,8 @@ def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str
         state.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
         started = time.perf_counter()
         metrics = {"lr": parts.optimizer.param_groups[0]["lr"]}
-        parts.train_generator.manual_seed(settings.seed + epoch)
+        # one order per (seed, epoch): with seed + epoch, seed=1 shuffled as seed=0 one epoch later
+        parts.train_generator.manual_seed(settings.seed * 1_000_003 + epoch)
         if parts.train_sampler is not None:
             parts.train_sampler.set_epoch(epoch)
         train = train_one_epoch(parts, settings, state, tracker, epoch)

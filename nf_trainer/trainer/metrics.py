@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -22,7 +23,37 @@ def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.devic
         return create_instance(node, num_classes=num_classes, **top_k)
 
     chosen = {name: node for name, node in metrics_cfg.items() if not (train and node.get("eval_only", False))}
-    return MetricCollection({name: build(node) for name, node in chosen.items()}).to(device)
+    return Metrics({name: build(node) for name, node in chosen.items()}).to(device)
+
+
+class Metrics(MetricCollection):
+    """A MetricCollection whose updates and computes on the CPU count with torch.bincount even under
+    `trainer.deterministic=true` (see `fast_counting_on_cpu`)."""
+
+    def update(self, preds: torch.Tensor, *args, **kwargs) -> None:
+        with fast_counting_on_cpu(preds.device):
+            super().update(preds, *args, **kwargs)
+
+    def compute(self) -> dict:
+        with fast_counting_on_cpu(next(iter(self.values(copy_state=False))).device):
+            return super().compute()
+
+
+@contextmanager
+def fast_counting_on_cpu(device: torch.device):
+    """Deterministic algorithms off for a metric call on the CPU. torchmetrics counts with a comparison mesh
+    instead of torch.bincount whenever they are on (a binned AUROC update then takes seconds, not a
+    millisecond), but torch.bincount is deterministic on the CPU (torch lists it only for CUDA with weights),
+    so the counts, and the resume they serve, stay bitwise the same. On CUDA the flag stays on."""
+    if device.type != "cpu" or not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 
 class BatchedUpdates:
