@@ -2,7 +2,7 @@
 that need no download run for a short debug run."""
 import pytest
 
-from tests.conftest import ROOT, compose_cfg, metric_history, only_run, run_here
+from tests.conftest import ROOT, compose_cfg, fails_in_one_line, metric_history, only_run, run_here
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 OFFLINE = ["digits_efficientnet"]  # the others download CIFAR-10 or pretrained weights, or need dataset.root
@@ -47,3 +47,10 @@ def test_offline_experiments_run_a_short_debug_run(out, name):
     assert run.info.status == "FINISHED" and run.data.tags["experiment"] == name
     assert run.data.params["trainer.max_epochs"] == "1"
     assert [m.step for m in metric_history(out, run.info.run_id, "val/digits/accuracy")] == [1]
+
+
+def test_plus_experiment_fails_with_a_hint_to_drop_the_plus(bare_out):
+    """`+experiment=NAME` is the form Hydra's docs teach; here `experiment` is in the defaults list already."""
+    assert fails_in_one_line("+experiment=digits_efficientnet", out=bare_out) == (
+        "experiment is in the defaults list already (conf/config.yaml): "
+        "write experiment=digits_efficientnet, not +experiment=digits_efficientnet")
