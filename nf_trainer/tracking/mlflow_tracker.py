@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE
+from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE, Best
 from nf_trainer.tracking.secrets import MASK, is_secret_key, scrub
 from nf_trainer.tracking.server import check_before_run, is_remote
 
@@ -51,6 +51,8 @@ class MlflowTracker:
         """Made at the first call: a job that fails before its run starts leaves no store behind."""
         from mlflow import MlflowClient
 
+        # its "Creating initial MLflow database tables..." lines: the job says what that first-run chore is
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         return MlflowClient(self.tracking_uri)
 
     def experiment_id(self) -> str:
@@ -115,14 +117,16 @@ class MlflowTracker:
         if time.monotonic() - self._last_write >= STEP_WRITE_SECONDS:
             self._pending.append(self.client.log_batch(self.run_id, metrics=self._take_steps(), synchronous=False))
 
-    def log_objective(self, key: str, mode: str) -> float:
-        """The best value of metric `key` over the run's epochs, logged as metric `objective`; NaN if none is finite."""
-        values = [m.value for m in self.client.get_metric_history(self.run_id, key) if math.isfinite(m.value)]
-        if not values:
-            return math.nan
-        best = min(values) if mode == "min" else max(values)
-        self.client.log_metric(self.run_id, OBJECTIVE, best)
-        return best
+    def log_objective(self, key: str, mode: str) -> Best:
+        """The best value of metric `key` over the run's epochs, logged as metric `objective` at the step (epoch)
+        that reached it (the first one, on a tie); NaN if none is finite."""
+        points = [m for m in self.client.get_metric_history(self.run_id, key) if math.isfinite(m.value)]
+        if not points:
+            return Best(math.nan, None)
+        sign = 1 if mode == "min" else -1
+        best = min(points, key=lambda m: (sign * m.value, m.step))
+        self.client.log_metric(self.run_id, OBJECTIVE, best.value, step=best.step)
+        return Best(best.value, best.step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Log a file or a folder; text files go through `scrub` first (secrets never reach the store)."""
