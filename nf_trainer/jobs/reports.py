@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import csv
-import logging
-import sys
 from pathlib import Path
 
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.trainer.evaluation import predict_logits
-
-log = logging.getLogger("nf_trainer")
 
 
 def report_eval_sets(model, loaders: dict, classes: list[str], device, limit_batches: int | None, out_dir: Path,
@@ -25,7 +21,7 @@ def write_reports(targets, predictions, classes: list[str], folder: Path, title:
     """`targets`, `predictions`: class indices. Writes confusion_matrix.png, confusion_matrix.csv
     (rows: true class, columns: predicted class) and per_class_report.csv into `folder`."""
     # lazy: scikit-learn and matplotlib would add about a second to every job's start; reports come at its end
-    Figure = matplotlib_figure()  # no pyplot: no GUI backend, no global figure state
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
     from sklearn.metrics import ConfusionMatrixDisplay, classification_report, confusion_matrix
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,23 +51,3 @@ def write_reports(targets, predictions, classes: list[str], folder: Path, title:
     axes.set_title(f"{title}: accuracy {accuracy:.4f} ({matrix.sum()} images)")
     figure.savefig(folder / "confusion_matrix.png", dpi=100)
     return folder
-
-
-def matplotlib_figure():
-    """matplotlib's Figure class. The first import on a machine builds matplotlib's font cache: a first-run chore,
-    said here in one line instead of matplotlib's own lines about it."""
-    import matplotlib
-
-    cache = Path(matplotlib.get_cachedir())
-    if "matplotlib.font_manager" in sys.modules or any(cache.glob("fontlist-v*.json")):
-        from matplotlib.figure import Figure
-        return Figure
-    log.info("first run on this machine: matplotlib builds its font cache in %s (a few seconds, once)", cache)
-    font_log = logging.getLogger("matplotlib.font_manager")
-    level = font_log.level
-    font_log.setLevel(logging.ERROR)
-    try:
-        from matplotlib.figure import Figure
-    finally:
-        font_log.setLevel(level)
-    return Figure

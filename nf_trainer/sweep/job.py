@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nf_trainer.core.config import validate
+from nf_trainer.core.first_run import font_cache_chore
 from nf_trainer.core.log_levels import debug_only_ours
 from nf_trainer.sweep.info import config_hash, current_sweep, objective_mode, worst_value
 from nf_trainer.sweep.store import CONFIG_HASH_TAG, PARENT_TAG, finished_child
@@ -64,7 +65,8 @@ def run_job(cfg: DictConfig, tags: dict[str, str]) -> float | None:
     announce_new_store(cfg.mlflow.tracking_uri)
     tracker = open_tracker(cfg.mlflow)  # first: MLflow's imports and store open overlap the job's own start
     try:
-        from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
+        with font_cache_chore():
+            from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
 
         return run_mode(cfg, tracker, tags)
     finally:
