@@ -17,7 +17,7 @@ from nf_trainer.tracking.null import NullTracker
 from nf_trainer.tracking.outcome import tracked_outcome
 from nf_trainer.tracking.secrets import MASK
 from nf_trainer.trainer.signals import Interrupted
-from tests.conftest import client, compose_cfg, metric_history, runs, store_uri
+from tests.conftest import client, compose_cfg, environment, metric_history, runs, store_uri
 
 
 def signature(cls, name: str) -> list[tuple[str, object]]:
@@ -102,8 +102,9 @@ def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, 
     assert "hunter2-x" not in notes + text and MASK in notes
     import mlflow
 
-    mlflow.set_tracking_uri(store_uri(out))
-    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # the model crossed to the child and was logged there
+    with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it
+        mlflow.set_tracking_uri(store_uri(out))
+        logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # the model crossed to the child and was logged there
     x = torch.rand(5, 1, 2, 2)
     assert torch.allclose(logged(x), model(x), atol=1e-6)
 

@@ -6,6 +6,7 @@ Hydra callback of every run, the job's process, whose tracker lives in a child p
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -176,9 +177,10 @@ class MlflowTracker:
             output = model(example)
         # log_model reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
         # this run's (in a child tracker's process, where that global state touches nothing else).
+        exported = {name: os.environ.get(name) for name in MLFLOW_GLOBALS}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-        with warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
+        with restored(exported), warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
             warnings.filterwarnings("ignore", message="No complete tensor found in the group")
             info = mlflow.pytorch.log_model(
                 model, name="model", run_id=self.run_id, serialization_format="pt2",
@@ -247,6 +249,20 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+
+
+# what mlflow.set_tracking_uri and set_experiment also export to os.environ, where the config reads
+# MLFLOW_TRACKING_URI (it would win over the next job's store in this process): put back after log_model
+MLFLOW_GLOBALS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@contextlib.contextmanager
+def restored(environment: dict[str, str | None]):
+    try:
+        yield
+    finally:
+        for name, value in environment.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def _dataset_source(text: str):
