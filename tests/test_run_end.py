@@ -51,7 +51,7 @@ def test_the_summary_block_holds_what_mlflow_reads_back(env_run):
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/digits/loss")}
     assert objective.value == min(losses.values()) and losses[objective.step] == objective.value
     assert f"run FINISHED: {run.info.run_name}" in block and run.info.status == "FINISHED"
-    assert f"best val/digits/loss: {objective.value:.4g} at epoch {objective.step}\n" in block
+    assert f"best val/digits/loss: {objective.value:#.4g} at epoch {objective.step}\n" in block
     checkpoint = re.search(r"best checkpoint: (\S+)", block).group(1)
     assert checkpoint == f"{run.data.tags['output_dir']}/best-f1.pt"
     assert f"MLflow run: {run.info.run_id} in {env['MLFLOW_TRACKING_URI']}" in block

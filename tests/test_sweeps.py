@@ -72,7 +72,7 @@ def test_a_sweep_ends_with_its_best_runs_and_the_command_that_opens_it(grid):
     assert {"optimizer._target_", "optimizer.lr"} <= set(differing) and "trainer.max_epochs" not in differing
     assert header.split()[:4] == ["name", "objective", "(loss,", "min)"] and all(k in header for k in differing)
     for row, child in zip(rows, ranked):  # name, objective to 4 significant digits, the params that differ
-        assert row.split()[:3] == [child.info.run_name, f"{child.data.metrics['objective']:.4g}",
+        assert row.split()[:3] == [child.info.run_name, f"{child.data.metrics['objective']:#.4g}",
                                    child.data.params[differing[0]]]
         assert all(child.data.params.get(k, "") in row for k in differing)
     assert block[7] == f"  open it: python -m nf_trainer.ui --run {parent.info.run_id} paths.output_root={out}"

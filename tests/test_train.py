@@ -59,7 +59,7 @@ def test_the_main_job_prints_where_its_run_went(default_run):
     log = result.stdout + result.stderr
     assert f"MLflow run {run.info.run_id} (simple_cnn-adamw-lr0.003) in sqlite:///{out}/mlflow.db" in log
     assert "epoch 20/20" in log and "best model: best-" in log
-    assert f"run FINISHED: simple_cnn-adamw-lr0.003\n  best val/digits/loss: {run.data.metrics['objective']:.4g} at epoch" in log
+    assert f"run FINISHED: simple_cnn-adamw-lr0.003\n  best val/digits/loss: {run.data.metrics['objective']:#.4g} at epoch" in log
     assert "logged the model: runs:/" in log
     assert "No complete tensor found" not in log  # torch.export's warning about CPU weights, which these are
 

@@ -11,7 +11,7 @@ from nf_trainer.tracking.ui_link import ui_command
 
 def significant(value: float) -> str:
     """4 significant digits: what a run's answer is read at."""
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return f"{value:#.4g}" if math.isfinite(value) else str(value)  # 2.300, not 2.3
 
 
 def run_summary(status: str, objective_key: str, best: Best, checkpoint: Path, run_id: str | None, run_name: str,
