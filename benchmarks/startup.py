@@ -1,4 +1,4 @@
-"""Startup: `--help` latency, time to the first training step, and the import floor, side by side.
+"""Startup: `--help` latency, time to the first training step, a whole smoke test, and the import floor, side by side.
 
     python benchmarks/startup.py
 
@@ -7,8 +7,10 @@
                they are done (a marker line; the process's exit is not counted, as for the first step);
 - first step:  `python main.py` (default job, existing MLflow store) until the model's first training forward
                pass starts (a global forward pre-hook on modules with weights prints a marker and ends the
-               process there; the data transforms, also modules, do not count).
-Target: first step - floor <= 1 s. Each is a fresh process, timed from spawn; repeats alternate.
+               process there; the data transforms, also modules, do not count);
+- debug=fast:  `python main.py debug=fast`, the smoke test, from spawn to the process's exit.
+Targets: first step - floor <= 1 s; debug=fast - floor <= 5 s. Each is a fresh process, timed from spawn;
+repeats alternate.
 The job's imports beyond the floor are listed from `python -X importtime`, largest first.
 """
 from __future__ import annotations
@@ -97,20 +99,26 @@ def main() -> None:
         print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; store sqlite:///{out}/mlflow.db")
         timed([py, str(MAIN), *job, "debug=fast"])  # creates the store (once) and warms the file cache
         timed([py, "-c", FLOOR], until=MARKER)
-        helps, floors, firsts = [], [], []
+        helps, floors, firsts, fasts = [], [], [], []
         for i in range(args.repeats):
             helps.append(timed([py, str(MAIN), "--help"]))
             floors.append(timed([py, "-c", FLOOR], until=MARKER))
             firsts.append(timed([py, "-c", FIRST_STEP, str(MAIN), *job], until=MARKER))
+            fasts.append(timed([py, str(MAIN), *job, "debug=fast"]))
             print(f"repeat {i + 1}/{args.repeats}: --help {helps[-1]:.2f} s, import floor {floors[-1]:.2f} s, "
-                  f"first step {firsts[-1]:.2f} s  (load {os.getloadavg()[0]:.2f})", flush=True)
+                  f"first step {firsts[-1]:.2f} s, debug=fast {fasts[-1]:.2f} s  (load {os.getloadavg()[0]:.2f})",
+                  flush=True)
         print("imports of the job beyond the floor (cumulative s, one process):")
         for seconds, name in imports_beyond_floor(job):
             print(f"  {seconds:6.2f}  {name}")
-        help_s, floor, first = (statistics.median(v) for v in (helps, floors, firsts))
+        help_s, floor, first, fast = (statistics.median(v) for v in (helps, floors, firsts, fasts))
         gaps = [f - fl for f, fl in zip(firsts, floors)]
         gap = statistics.median(gaps)
-        print(f"  medians: --help {help_s:.2f} s, import floor {floor:.2f} s, first step {first:.2f} s")
+        print(f"  medians: --help {help_s:.2f} s, import floor {floor:.2f} s, first step {first:.2f} s, "
+              f"debug=fast {fast:.2f} s")
+        fast_gap = statistics.median([f - fl for f, fl in zip(fasts, floors)])
+        print(f"smoke test: debug=fast - import floor = {fast_gap:.2f} s (median of {len(fasts)} alternated repeats; "
+              f"target <= 5.0 s) {'PASS' if fast_gap <= 5.0 else 'FAIL'}")
         verdict = "PASS" if gap <= 1.0 else "FAIL"
         print(f"startup: first step - import floor = {gap:.2f} s (median of {len(gaps)} alternated repeats; "
               f"target <= 1.0 s); --help {help_s:.2f} s; ratio first step / floor = {first / floor:.2f} {verdict}")

@@ -24,6 +24,7 @@ from filelock import FileLock  # a dependency of torch
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "main.py"
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")  # they would win over the test's store (docs/tracking.md)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist's workers share the machine's cores: one torch thread each (read when torch is imported,
@@ -32,8 +33,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def with_defaults(overrides, out: Path) -> list[str]:
-    # Logging the MLflow model costs seconds a run: only the tests that check it ask for it.
-    quiet = [] if any(o.startswith("mlflow.log_model=") for o in overrides) else ["mlflow.log_model=false"]
+    # Logging the MLflow model costs seconds a run: only the tests that check it ask for it (debug=fast skips it itself).
+    quiet = [] if any(o.startswith("mlflow.log_model=") or o == "debug=fast" for o in overrides) else ["mlflow.log_model=false"]
     return [*overrides, *quiet, f"paths.output_root={out}"]
 
 
@@ -41,8 +42,7 @@ def run_main(*overrides: str, out: Path, cwd: Path | None = None, check: bool = 
              env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
     """`python main.py <overrides> paths.output_root=<out>` in a subprocess."""
     cmd = [sys.executable, str(MAIN), *with_defaults(overrides, out)]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV} | {"PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env,
                             preexec_fn=preexec_fn)
     if check and result.returncode != 0:
@@ -70,7 +70,7 @@ def run_here(*overrides: str, out: Path, env: dict | None = None) -> None:
     argv = sys.argv
     sys.argv = [str(MAIN), *with_defaults(overrides, out)]
     try:
-        with environment(HYDRA_FULL_ERROR="1", MLFLOW_TRACKING_URI=None, **(env or {})):
+        with environment(**{"HYDRA_FULL_ERROR": "1", **dict.fromkeys(MLFLOW_ENV), **(env or {})}):
             entry.main()
     finally:
         sys.argv = argv
@@ -200,7 +200,7 @@ def bare_out(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory, worker_id):
-    """`python main.py` with defaults (simple_cnn on digits, 20 epochs): (out, run, its CompletedProcess). Once
+    """`python main.py` with defaults (simple_cnn on digits, 20 epochs, the model logged): (out, run, its CompletedProcess). Once
     per session, whatever the number of pytest-xdist workers: the first to get here runs it, the others wait."""
     base = tmp_path_factory.getbasetemp()
     root = base if worker_id == "master" else base.parent  # the session's folder, shared by its workers
@@ -208,7 +208,7 @@ def default_run(tmp_path_factory, worker_id):
     with FileLock(str(root / "default.lock")):
         if not saved.exists():
             out.mkdir(parents=True)
-            result = run_main(out=out)
+            result = run_main("mlflow.log_model=true", out=out)  # the default, which run_main turns off
             saved.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
                                          "stdout": result.stdout, "stderr": result.stderr}))
     result = subprocess.CompletedProcess(**json.loads(saved.read_text()))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.jobs.predict import image_files
-from tests.conftest import client, fails_in_one_line, metric_history, run_here, run_main, runs
+from tests.conftest import client, environment, fails_in_one_line, metric_history, run_here, run_main, runs
 from tests.named_digits import NAMES
 
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))
@@ -83,9 +83,10 @@ def test_logged_model_loads_and_predicts_like_the_checkpoint(trained):
     import mlflow
 
     out, run, out_dir = trained
-    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
     uri = f"runs:/{run.info.run_id}/model"
-    logged = mlflow.pytorch.load_model(uri)
+    with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        logged = mlflow.pytorch.load_model(uri)
     model, ckpt = checkpoint_model(out_dir / "best-accuracy.pt")
     x = digit_batch(16)
     with torch.no_grad():
@@ -283,8 +284,9 @@ def test_the_logged_model_takes_raw_images_and_names_the_classes_mode_predict_na
     predicted = {row[0]: row[1] for row in read_csv(tmp_path / "predictions.csv")[1:]}
     expected = [predicted[str(file)] for file in files]
 
-    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
-    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     from_strings = served.predict(pd.DataFrame({"image": [as_base64(file) for file in files]}))
     assert list(from_strings.class_name) == expected  # the eval transforms are inside: same classes as mode=predict
     assert [NAMES[i] for i in from_strings.class_index] == expected

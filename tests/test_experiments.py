@@ -2,7 +2,7 @@
 that need no download run for a short debug run."""
 import pytest
 
-from tests.conftest import ROOT, compose_cfg, metric_history, only_run, run_here
+from tests.conftest import ROOT, compose_cfg, environment, fails_in_one_line, metric_history, only_run, run_here
 from tests.data_files import make_image_folder
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -79,8 +79,16 @@ def test_digits_timm_trains_and_its_logged_model_serves_raw_images(out):
              "trainer.progress_bar=false", out=out)
     run = only_run(out)
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "resnet10t"
-    mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
-    served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     images = [(image * 255 / 16).astype("uint8") for image in load_digits().images[:4]]
     predictions = served.predict(images)
     assert len(predictions) == 4 and set(predictions.class_name) <= {str(d) for d in range(10)}
+
+
+def test_plus_experiment_fails_with_a_hint_to_drop_the_plus(bare_out):
+    """`+experiment=NAME` is the form Hydra's docs teach; here `experiment` is in the defaults list already."""
+    assert fails_in_one_line("+experiment=digits_efficientnet", out=bare_out) == (
+        "experiment is in the defaults list already (conf/config.yaml): "
+        "write experiment=digits_efficientnet, not +experiment=digits_efficientnet")

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nf_trainer.cli.runs_table import main as runs_command
+from nf_trainer.sweep.store import differing_keys
 from tests.conftest import MAIN, client, metric_history, run_main, runs
 
 pytestmark = pytest.mark.slow  # every sweep here is `python main.py -m` (the launchers are what is tested)
@@ -31,7 +32,8 @@ def grid(tmp_path_factory):
     """The acceptance sweep: 2 optimizers x 2 learning rates, one epoch each."""
     out = tmp_path_factory.mktemp("grid") / "outputs"
     out.mkdir()
-    run_main("-m", "optimizer=sgd,adam", "optimizer.lr=0.1,0.01", "trainer.max_epochs=1", out=out)
+    result = run_main("-m", "optimizer=sgd,adam", "optimizer.lr=0.1,0.01", "trainer.max_epochs=1", out=out)
+    (out.parent / "sweep.log").write_text(result.stdout + result.stderr)
     (parent,), children = split(out)
     return out, parent, children
 
@@ -57,6 +59,23 @@ def test_a_sweep_is_one_parent_with_a_child_per_job(grid):
     assert "trainer.max_epochs" not in tags["best.params"]  # only what varies
     assert tags["sweep.children"] == "4 finished, 0 failed or killed"
     assert not client(out).list_artifacts(parent.info.run_id)  # the children hold the artifacts
+
+
+def test_a_sweep_ends_with_its_best_runs_and_the_command_that_opens_it(grid):
+    out, parent, children = grid
+    log = (out.parent / "sweep.log").read_text()
+    block = log[log.index(f"sweep FINISHED: {parent.info.run_name} (4 finished, 0 failed or killed)"):].splitlines()
+    ranked = sorted(children, key=lambda c: c.data.metrics["objective"])
+    assert block[1] == "  top 4 of 4, best first:"
+    header, *rows = block[2:6 + 1]
+    differing = differing_keys(children)  # optimizer._target_, optimizer.lr, and the keys only one optimizer has
+    assert {"optimizer._target_", "optimizer.lr"} <= set(differing) and "trainer.max_epochs" not in differing
+    assert header.split()[:4] == ["name", "objective", "(loss,", "min)"] and all(k in header for k in differing)
+    for row, child in zip(rows, ranked):  # name, objective to 4 significant digits, the params that differ
+        assert row.split()[:3] == [child.info.run_name, f"{child.data.metrics['objective']:#.4g}",
+                                   child.data.params[differing[0]]]
+        assert all(child.data.params.get(k, "") in row for k in differing)
+    assert block[7] == f"  open it: python -m nf_trainer.ui --run {parent.info.run_id} paths.output_root={out}"
 
 
 def test_a_failed_job_fails_the_sweep_run(out):

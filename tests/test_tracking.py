@@ -17,7 +17,7 @@ from nf_trainer.tracking.null import NullTracker
 from nf_trainer.tracking.outcome import tracked_outcome
 from nf_trainer.tracking.secrets import MASK
 from nf_trainer.trainer.signals import Interrupted
-from tests.conftest import client, compose_cfg, metric_history, runs, store_uri
+from tests.conftest import client, compose_cfg, environment, metric_history, runs, store_uri
 
 
 def signature(cls, name: str) -> list[tuple[str, object]]:
@@ -77,8 +77,8 @@ def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, 
     child.log_step_metrics({"train/step_loss": 2.0}, step=5)
     for epoch, loss in [(1, 0.9), (2, 0.4), (3, 0.6)]:
         child.log_metrics({"val/digits/loss": loss}, step=epoch)
-    assert child.log_objective("val/digits/loss", "min") == 0.4
-    assert math.isnan(child.log_objective("val/digits/nothing", "min"))
+    assert child.log_objective("val/digits/loss", "min") == (0.4, 2)  # the value and its epoch
+    assert math.isnan(child.log_objective("val/digits/nothing", "min").value)
     (tmp_path / "notes.txt").write_text("password: hunter2-x and more")
     child.log_artifact(tmp_path / "notes.txt", "extra")
     child.log_artifact(tmp_path / "missing.txt")  # skipped, not an error
@@ -96,13 +96,15 @@ def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, 
     assert run.data.tags["mode"] == "train" and run.data.tags["error"] == "boom"
     assert [(m.step, m.value) for m in metric_history(out, run_id, "train/step_loss")] == [(5, 2.0)]
     assert run.data.metrics[OBJECTIVE] == 0.4
+    assert [(m.step, m.value) for m in metric_history(out, run_id, OBJECTIVE)] == [(2, 0.4)]  # at the epoch that reached it
     notes = Path(client(out).download_artifacts(run_id, "extra/notes.txt", str(tmp_path / "dl"))).read_text()
     text = Path(client(out).download_artifacts(run_id, "error/traceback.txt", str(tmp_path / "dl"))).read_text()
     assert "hunter2-x" not in notes + text and MASK in notes
     import mlflow
 
-    mlflow.set_tracking_uri(store_uri(out))
-    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # the model crossed to the child and was logged there
+    with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it
+        mlflow.set_tracking_uri(store_uri(out))
+        logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")  # the model crossed to the child and was logged there
     x = torch.rand(5, 1, 2, 2)
     assert torch.allclose(logged(x), model(x), atol=1e-6)
 

@@ -9,13 +9,13 @@ from omegaconf import DictConfig
 
 from nf_trainer.core.config import register_configs
 from nf_trainer.core.errors import NfTrainerError, one_line, yaml_error_line
-from nf_trainer.core.paths import PROJECT_ROOT
+from nf_trainer.core.paths import CONF_DIR
 
 
 def project_config(overrides: list[str]) -> DictConfig:
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=list(overrides))
     except HydraException as exc:
         raise NfTrainerError(one_line(exc)) from None

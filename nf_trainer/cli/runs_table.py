@@ -18,6 +18,7 @@ from nf_trainer.cli.compose import project_config
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep.info import objective_mode
 from nf_trainer.sweep.store import SWEEP_KEY_TAG, children, differing_keys, latest_sweep, sweeps
+from nf_trainer.sweep.summary import table
 from nf_trainer.tracking.interface import OBJECTIVE
 from nf_trainer.tracking.server import require_store
 
@@ -131,13 +132,6 @@ def fmt(value) -> str:
 def missing_store_message(uri: str) -> str:
     return (f"no MLflow store at {uri} yet: train first (python main.py), or point at the store "
             "with paths.output_root=... or mlflow.tracking_uri=...")
-
-
-def table(rows: list[dict]) -> str:
-    import pandas as pd  # lazy: a dependency of mlflow, slow to import
-
-    with pd.option_context("display.max_colwidth", 60, "display.width", 250, "display.max_columns", None):
-        return pd.DataFrame(rows).to_string(index=False)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
     python -m nf_trainer.ui                                # outputs/mlflow.db, http://127.0.0.1:5000
     python -m nf_trainer.ui --port 5001 paths.output_root=/data/outputs
     python -m nf_trainer.ui mlflow.tracking_uri=http://team-server:5000   # a server already up: its URL
+    python -m nf_trainer.ui --run RUN_ID                   # that run's page (what a run's summary prints)
 
-It prints the experiment's runs table URL (MLflow 3 otherwise opens on an empty GenAI traces page),
+The store is the one main.py would log to (MLFLOW_TRACKING_URI, when set, unless `mlflow.tracking_uri=`
+is given). It prints the experiment's runs table URL (MLflow 3 otherwise opens on an empty GenAI traces page),
 then becomes `mlflow server --backend-store-uri <the project's store>` (started anywhere else, `mlflow ui`
 silently shows an empty store). The first page takes about 15 s on 2 cores. Ctrl-C stops it.
 """
@@ -20,25 +22,25 @@ from nf_trainer.cli.compose import project_config
 from nf_trainer.cli.runs_table import missing_store_message
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.tracking.server import is_remote, require_store
-
-
-def runs_url(base: str, experiment_id: str | None) -> str:
-    base = base.rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}/runs" if experiment_id else base
+from nf_trainer.tracking.ui_link import runs_url
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nf_trainer.ui", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
-    parser.add_argument("overrides", nargs="*", help="config overrides that pick the store, as for main.py")
-    options = parser.parse_intermixed_args(argv)
     try:
-        command = serve(options)
+        command = serve(parse_args(argv))
     except NfTrainerError as exc:
         sys.exit(str(exc))
     if command:
         os.execv(sys.executable, command)  # the server takes this process over: Ctrl-C reaches it directly
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nf_trainer.ui", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    parser.add_argument("--run", metavar="RUN_ID", help="open on this run's page (a sweep's parent run: its runs)")
+    parser.add_argument("overrides", nargs="*", help="config overrides that pick the store, as for main.py")
+    return parser.parse_intermixed_args(argv)
 
 
 def serve(options) -> list[str] | None:
@@ -47,7 +49,8 @@ def serve(options) -> list[str] | None:
     uri, name = str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment_name)
     require_store(uri, missing_store_message(uri))
     if is_remote(uri):
-        print(f"{uri} is a tracking server already; experiment '{name}': {runs_url(uri, experiment_id(uri, name))}")
+        shown, *where = page(uri, name, options.run)
+        print(f"{uri} is a tracking server already; {shown}: {runs_url(uri, *where)}")
         return None
     with socket.socket() as probe:
         try:
@@ -55,8 +58,9 @@ def serve(options) -> list[str] | None:
         except OSError as exc:
             raise NfTrainerError(f"cannot listen on {options.host}:{options.port} ({exc.strerror}): "
                                  "pick another port with --port") from None
-    url = runs_url(f"http://{options.host}:{options.port}", experiment_id(uri, name))
-    print(f"MLflow UI for {uri}, experiment '{name}':\n  {url}\n"
+    shown, *where = page(uri, name, options.run)
+    url = runs_url(f"http://{options.host}:{options.port}", *where)
+    print(f"MLflow UI for {uri}, {shown}:\n  {url}\n"
           "(the first page takes about 15 s; Ctrl-C stops the server)", flush=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                "--host", options.host, "--port", str(options.port), "--workers", "1"]
@@ -65,11 +69,21 @@ def serve(options) -> list[str] | None:
     return command
 
 
-def experiment_id(uri: str, name: str) -> str | None:
+def page(uri: str, name: str, run_id: str | None) -> tuple[str, str | None, str | None]:
+    """(what is shown, its experiment id, the run id): the experiment's runs table, or the run's page."""
     from mlflow import MlflowClient  # lazy: --help and a wrong port fail without it
+    from mlflow.exceptions import MlflowException
 
-    experiment = MlflowClient(uri).get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else None
+    client = MlflowClient(uri)
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise NfTrainerError(f"--run {run_id}: no such run in {uri}; point at its store with paths.output_root=... "
+                                 "or mlflow.tracking_uri=...") from None
+        return f"run {run_id} ({run.info.run_name})", run.info.experiment_id, run_id
+    experiment = client.get_experiment_by_name(name)
+    return f"experiment '{name}'", experiment.experiment_id if experiment else None, None
 
 
 if __name__ == "__main__":

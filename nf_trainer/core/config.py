@@ -17,7 +17,7 @@ from omegaconf import MISSING, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.option_ranges import option_checks
-from nf_trainer.core.paths import PROJECT_ROOT
+from nf_trainer.core.paths import project_root
 
 
 @dataclass
@@ -76,8 +76,10 @@ class LoaderConf:
 
 @dataclass
 class MlflowConf:  # mlflow=team (conf/mlflow/team.yaml) points these at a tracking server
-    tracking_uri: str = "sqlite:///${paths.output_root}/mlflow.db"  # absolute: it never depends on the cwd
-    experiment_name: str = "nf_trainer"
+    # MLflow's own variables win over the defaults when set; `mlflow.tracking_uri=` on the command line wins over both.
+    # The default store is absolute: it never depends on the cwd.
+    tracking_uri: str = "${oc.env:MLFLOW_TRACKING_URI,'sqlite:///${paths.output_root}/mlflow.db'}"
+    experiment_name: str = "${oc.env:MLFLOW_EXPERIMENT_NAME,nf_trainer}"
     artifact_location: Optional[str] = "${paths.output_root}/mlartifacts"  # local stores only
     run_name: Optional[str] = None  # None: named after what varies (model-optimizer-lr...)
     tags: Any = field(default_factory=dict)
@@ -148,7 +150,7 @@ def _run_dir() -> str:
 def register_configs() -> None:
     """Register the schema and the `nf.root` resolver (idempotent)."""
     if not OmegaConf.has_resolver("nf.root"):
-        OmegaConf.register_new_resolver("nf.root", lambda: str(PROJECT_ROOT))
+        OmegaConf.register_new_resolver("nf.root", lambda: str(project_root()))
         OmegaConf.register_new_resolver("nf.run_dir", _run_dir, use_cache=True)
     ConfigStore.instance().store(name="schema", node=Config)
 

@@ -13,6 +13,9 @@ from hydra.errors import CompactHydraException
 from omegaconf.errors import OmegaConfBaseException
 
 DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")  # OmegaConf's lines under a message
+# `+experiment=NAME` (the form Hydra's docs teach for a group not in the defaults list) on a group that is in it:
+# Hydra's own hint ("use 'override experiment: NAME'") is for config files, not the command line
+APPENDED_TWICE = re.compile(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'")
 
 
 class NfTrainerError(CompactHydraException):
@@ -54,6 +57,10 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc.__cause__, OmegaConfBaseException):
         text += "\n" + str(exc.__cause__)
     text = text.split("Config search path:")[0]
+    twice = APPENDED_TWICE.search(text)
+    if twice:
+        group, option = twice.groups()
+        return f"{group} is in the defaults list already (conf/config.yaml): write {group}={option}, not +{group}={option}"
     parts: list[str] = []
     for line in text.splitlines():
         if not line.strip() or DETAIL.match(line):

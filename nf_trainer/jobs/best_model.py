@@ -21,7 +21,8 @@ from nf_trainer.transforms import node_list
 log = logging.getLogger("nf_trainer")
 
 
-def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: list[str], tracker: Tracker) -> None:
+def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: list[str], tracker: Tracker) -> Path:
+    """Returns the best checkpoint's path."""
     barrier()  # under torchrun, rank 0 has written the best checkpoint: every rank loads it
     path = best_checkpoint(settings.out_dir, list(parts.best))
     ckpt = load_checkpoint(path)
@@ -40,6 +41,7 @@ def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: 
             tracker.log_artifact(export_model(model, example, list(cfg.export), settings.out_dir / "export"), "export")
     log_checkpoints(tracker, settings.out_dir, cfg.mlflow.log_checkpoints)
     record_log(tracker, settings.out_dir)
+    return path
 
 
 def best_checkpoint(out_dir: Path, stems: list[str]) -> Path:

@@ -45,6 +45,6 @@ def evaluate(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> f
         log.info("  ".join(f"{key} {value:.4g}" for key, value in values.items()))
         report_eval_sets(model, data.eval_loaders, data.splits.classes, device, cfg.trainer.limit_eval_batches,
                          out_dir, tracker)
-        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
+        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode)).value
         record_log(tracker, out_dir)
     return objective

@@ -17,7 +17,8 @@ from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.metric_keys import known_keys, resolve_key, resolve_mode
 from nf_trainer.dataset.loaders import Data, build_data
 from nf_trainer.jobs.best_model import finish_training
-from nf_trainer.jobs.run_record import default_run_name, output_dir, record_config, run_params, run_tags
+from nf_trainer.jobs.run_record import default_run_name, output_dir, overrides, record_config, run_params, run_tags
+from nf_trainer.jobs.summary import run_summary
 from nf_trainer.model.build import build_model, data_facts, load_weights
 from nf_trainer.model.finetune import build_optimizer
 from nf_trainer.model.losses import build_loss
@@ -49,6 +50,8 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> floa
     model, step_settings = build_training_model(cfg, data, resumed, ddp, device)
     parts = build_parts(cfg, data, model, step_settings, ddp, device, out_dir)
     objective_key = resolve_objective(cfg, parts)
+    log.debug("device %s, %d train samples, eval sets %s; objective %s", device, len(data.splits.train),
+              {name: len(split) for name, split in data.splits.eval.items()}, objective_key)
     state = restore_state(parts, resumed, cfg.resume)  # before the run reopens: a misfit leaves it untouched
 
     tracker = tracker if ddp.is_main else NullTracker()  # only rank 0 talks to MLflow
@@ -62,9 +65,11 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> floa
         if ddp.is_main:
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
         fit(parts, settings, state, tracker)
-        objective = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
-        finish_training(parts, settings, cfg, data.splits.classes, tracker)
-    return objective
+        best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
+        checkpoint = finish_training(parts, settings, cfg, data.splits.classes, tracker)
+    log.info("%s", run_summary("FINISHED", objective_key, best, checkpoint, run_id, run_name, cfg.mlflow.tracking_uri,
+                               overrides()))
+    return best.value
 
 
 @dataclass(frozen=True)

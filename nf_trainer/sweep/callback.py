@@ -25,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep.info import SweepInfo, objective_mode
+from nf_trainer.sweep.job import announce_new_store
 from nf_trainer.sweep.store import CONFIG_HASH_TAG, SWEEP_KEY_TAG, children, differing_keys, latest_sweep
+from nf_trainer.sweep.summary import sweep_summary
 from nf_trainer.tracking.git import git_info
 from nf_trainer.tracking.interface import OBJECTIVE
 from nf_trainer.tracking.mlflow_tracker import MlflowTracker
@@ -46,7 +48,7 @@ class SweepCallback(Callback):
         self.resume = resume
         self.sweep: SweepInfo | None = None
         self.tracker: MlflowTracker | None = None  # the parent run's
-        self.mode = "min"
+        self.mode, self.metric, self.overrides = "min", "", []  # the objective's, the command line's
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # Hydra turns a callback's exception into a warning and runs the jobs anyway: stop here instead.
@@ -70,6 +72,7 @@ class SweepCallback(Callback):
             raise NfTrainerError(f"objective.metric={config.objective.metric} is {mode}imized but "
                                  f"hydra.sweeper.direction={direction}: set objective.mode or the direction so they agree")
         mlflow_cfg = config.mlflow
+        announce_new_store(mlflow_cfg.tracking_uri)
         tracker = MlflowTracker(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, mlflow_cfg.artifact_location)
         experiment_id = tracker.experiment_id()  # creates a brand-new store here, once
         git = git_info()
@@ -87,7 +90,7 @@ class SweepCallback(Callback):
             tracker.start(sweep_name(config), {}, tags)
         tracker.set_tags({"sweep.dir": str(config.hydra.sweep.dir)})
 
-        self.mode, self.tracker = mode, tracker
+        self.mode, self.metric, self.overrides, self.tracker = mode, str(config.objective.metric), task_overrides(config), tracker
         self.sweep = SweepInfo(tracker.run_id, experiment_id, mlflow_cfg.tracking_uri, self.resume, keep_going)
         self.sweep.write(Path(str(config.hydra.sweep.dir)))
         atexit.register(self.finish, completed=False)
@@ -136,8 +139,8 @@ class SweepCallback(Callback):
             interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt  # set before atexit hooks run
             status = "KILLED" if interrupted and not any(r.info.status == "FAILED" for r in failed) else "FAILED"
         tracker.end(status)
-        log.info("sweep run %s %s: %s%s", sweep.parent_run_id, status, tags["sweep.children"],
-                 f"; best {tags['best.value']} by {tags['best.run_name']}" if scored else "")
+        log.info("%s", sweep_summary(status, tracker.run_name_of(sweep.parent_run_id) or "", tags["sweep.children"],
+                                     sweep.parent_run_id, scored, self.mode, self.metric, self.overrides))
 
 
 def differing_params(runs: list, run) -> dict[str, str]:

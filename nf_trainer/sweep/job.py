@@ -11,24 +11,31 @@ from __future__ import annotations
 import logging
 import math
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from nf_trainer.core.config import validate
+from nf_trainer.core.first_run import font_cache_chore
+from nf_trainer.core.log_levels import debug_only_ours
 from nf_trainer.sweep.info import config_hash, current_sweep, objective_mode, worst_value
 from nf_trainer.sweep.store import CONFIG_HASH_TAG, PARENT_TAG, finished_child
 from nf_trainer.tracking.factory import open_tracker
 from nf_trainer.tracking.interface import OBJECTIVE
-from nf_trainer.tracking.server import check_before_run
+from nf_trainer.tracking.server import check_before_run, new_local_store
 
 log = logging.getLogger("nf_trainer")
 
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
     """Returns the job's objective: what a sweeper (Optuna) optimizes."""
+    if HydraConfig.initialized():
+        debug_only_ours(HydraConfig.get().verbose)
     validate(cfg)  # a bad value fails in one line, before torch loads
     check_before_run(cfg.mlflow.tracking_uri, cfg.mlflow.system_metrics)  # a wrong URL fails in a second
     tags = {CONFIG_HASH_TAG: config_hash(cfg)}
     sweep = current_sweep(cfg)
+    log.debug("config hash %s; store %s, experiment %s; %s", tags[CONFIG_HASH_TAG], cfg.mlflow.tracking_uri,
+              cfg.mlflow.experiment_name, f"in sweep run {sweep.parent_run_id}" if sweep else "a single run")
     if sweep is None:
         return run_job(cfg, tags)
 
@@ -55,13 +62,22 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
 
 
 def run_job(cfg: DictConfig, tags: dict[str, str]) -> float | None:
+    announce_new_store(cfg.mlflow.tracking_uri)
     tracker = open_tracker(cfg.mlflow)  # first: MLflow's imports and store open overlap the job's own start
     try:
-        from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
+        with font_cache_chore():
+            from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
 
         return run_mode(cfg, tracker, tags)
     finally:
         tracker.close()
+
+
+def announce_new_store(tracking_uri: str) -> None:
+    """A first-run chore, said once in the job's words (the tracker keeps MLflow's own lines about it quiet)."""
+    path = new_local_store(tracking_uri)
+    if path is not None:
+        log.info("first run with %s: MLflow creates the store's tables (a few seconds, once)", path)
 
 
 def skipped(sweep, digest: str):

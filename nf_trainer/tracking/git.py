@@ -5,10 +5,13 @@ import hashlib
 import subprocess
 from pathlib import Path
 
-from nf_trainer.core.paths import PROJECT_ROOT
+from nf_trainer.core.paths import project_root
 
 
-def git_info(root: Path = PROJECT_ROOT) -> dict[str, str]:
+def git_info(root: Path | None = None) -> dict[str, str]:
+    """Of the clone, or (installed) of the repository the command runs in."""
+    root = root or project_root()
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
         return done.stdout.strip() if done.returncode == 0 else ""

@@ -11,11 +11,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 OBJECTIVE = "objective"  # the metric every run logs at its end: the best value of `objective.metric`
 MAX_KEY = 250  # MLflow rejects longer keys
 MAX_VALUE = 6000  # and truncates longer param values
+
+
+class Best(NamedTuple):
+    """A run's objective: the best value of its metric and the epoch (the metric's step) that reached it."""
+    value: float
+    epoch: int | None
 
 
 @runtime_checkable
@@ -33,8 +39,9 @@ class Tracker(Protocol):
     def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Per-step points: buffered, never a write per step."""
 
-    def log_objective(self, key: str, mode: str) -> float:
-        """The best value of metric `key` over the run (`mode` min or max), logged as `objective`; NaN if none."""
+    def log_objective(self, key: str, mode: str) -> Best:
+        """The best value of metric `key` over the run (`mode` min or max) and its epoch, logged as metric `objective`
+        at that step; NaN (and no epoch) if none."""
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """A file or a folder (text files with secrets scrubbed); a path that does not exist is skipped."""

@@ -6,6 +6,7 @@ Hydra callback of every run, the job's process, whose tracker lives in a child p
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -17,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE
+from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE, Best
 from nf_trainer.tracking.secrets import MASK, is_secret_key, scrub
 from nf_trainer.tracking.server import check_before_run, is_remote
 
@@ -51,6 +52,8 @@ class MlflowTracker:
         """Made at the first call: a job that fails before its run starts leaves no store behind."""
         from mlflow import MlflowClient
 
+        # its "Creating initial MLflow database tables..." lines: the job says what that first-run chore is
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         return MlflowClient(self.tracking_uri)
 
     def experiment_id(self) -> str:
@@ -115,14 +118,16 @@ class MlflowTracker:
         if time.monotonic() - self._last_write >= STEP_WRITE_SECONDS:
             self._pending.append(self.client.log_batch(self.run_id, metrics=self._take_steps(), synchronous=False))
 
-    def log_objective(self, key: str, mode: str) -> float:
-        """The best value of metric `key` over the run's epochs, logged as metric `objective`; NaN if none is finite."""
-        values = [m.value for m in self.client.get_metric_history(self.run_id, key) if math.isfinite(m.value)]
-        if not values:
-            return math.nan
-        best = min(values) if mode == "min" else max(values)
-        self.client.log_metric(self.run_id, OBJECTIVE, best)
-        return best
+    def log_objective(self, key: str, mode: str) -> Best:
+        """The best value of metric `key` over the run's epochs, logged as metric `objective` at the step (epoch)
+        that reached it (the first one, on a tie); NaN if none is finite."""
+        points = [m for m in self.client.get_metric_history(self.run_id, key) if math.isfinite(m.value)]
+        if not points:
+            return Best(math.nan, None)
+        sign = 1 if mode == "min" else -1
+        best = min(points, key=lambda m: (sign * m.value, m.step))
+        self.client.log_metric(self.run_id, OBJECTIVE, best.value, step=best.step)
+        return Best(best.value, best.step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Log a file or a folder; text files go through `scrub` first (secrets never reach the store)."""
@@ -173,13 +178,15 @@ class MlflowTracker:
 
         # Model.log reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
         # this run's (in a child tracker's process, where that global state touches nothing else).
+        exported = {name: os.environ.get(name) for name in MLFLOW_GLOBALS}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
         # Listing the requirements skips MLflow's inference of them, which takes seconds.
         requirements = [f"{name}=={version.split('+')[0]}" for name, version in
                         (("torch", torch.__version__), ("torchvision", _version("torchvision")), ("pillow", _version("pillow")))]
-        info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id, registered_model_name,
-                                requirements)
+        with restored(exported):
+            info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id,
+                                    registered_model_name, requirements)
         registered = ""
         if registered_model_name:
             registered = f", registered as '{registered_model_name}' version {info.registered_model_version}"
@@ -250,6 +257,20 @@ def _version(distribution: str) -> str:
     from importlib.metadata import version
 
     return version(distribution)
+
+
+# what mlflow.set_tracking_uri and set_experiment also export to os.environ, where the config reads
+# MLFLOW_TRACKING_URI (it would win over the next job's store in this process): put back after log_model
+MLFLOW_GLOBALS = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@contextlib.contextmanager
+def restored(environment: dict[str, str | None]):
+    try:
+        yield
+    finally:
+        for name, value in environment.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
 
 def _dataset_source(text: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from nf_trainer.tracking.interface import Best
+
 
 class NullTracker:
     run_id: str | None = None
@@ -19,8 +21,8 @@ class NullTracker:
     def log_step_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_objective(self, key: str, mode: str) -> float:
-        return math.nan
+    def log_objective(self, key: str, mode: str) -> Best:
+        return Best(math.nan, None)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         pass

@@ -49,10 +49,16 @@ def check_before_run(tracking_uri: str, system_metrics: bool = False) -> None:
         check_server(tracking_uri)
 
 
+def new_local_store(tracking_uri: str) -> Path | None:
+    """The sqlite file of a store that does not exist yet (MLflow creates its tables at the first call), or None."""
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    return path if tracking_uri.startswith("sqlite:///") and not path.is_file() else None
+
+
 def require_store(tracking_uri: str, missing: str) -> None:
     """For commands that read a store and must not create one: a server that answers, or a sqlite file
     that exists (else NfTrainerError(missing))."""
     if is_remote(tracking_uri):
         check_server(tracking_uri)
-    elif tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+    elif new_local_store(tracking_uri):
         raise NfTrainerError(missing)
