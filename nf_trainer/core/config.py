@@ -67,6 +67,9 @@ class LoaderConf:
     num_workers: int = 0
     pin_memory: Optional[bool] = None  # None: on when training on CUDA
     normalize_on_device: Optional[bool] = None  # collate uint8, ToDtype/Normalize on the device; None: on CUDA
+    # sets held in memory (digits, CIFAR, MNIST, synthetic, cached folders): batches gathered on the device and
+    # transformed whole, random parameters per sample; false: a DataLoader running the transforms per sample
+    batched_transforms: bool = True
     persistent_workers: bool = False
     prefetch_factor: Optional[int] = None  # None: PyTorch's default
     drop_last: bool = False

@@ -13,6 +13,7 @@ from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
 from nf_trainer.dataset.files import collate_valid
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
+from nf_trainer.dataset.tensor_batches import batched_loader
 from nf_trainer.transforms import build_transforms, build_transforms_for_device
 from nf_trainer.transforms.on_device import OnDevice
 
@@ -56,13 +57,22 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
 
     sampler = (class_balanced_sampler(splits.train, splits.num_classes, generator) if lc.class_balanced
                else shard(splits.train, lc.shuffle))
-    loaders = {"train": DataLoader(splits.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
-                                   sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
+    device_steps = list(device_tf.transforms) if device_tf is not None else []
+
+    def loader(dataset, batch_size: int, train: bool):
+        options = dict(sampler=sampler if train else shard(dataset, False), drop_last=lc.drop_last and train,
+                       shuffle=lc.shuffle and train and sampler is None)
+        if lc.batched_transforms:  # a set in memory: whole batches on the device (dataset/tensor_batches.py)
+            batches = batched_loader(dataset, batch_size, device, device_steps, generator=generator if train else None,
+                                     **options)
+            if batches is not None:
+                return batches
+        loader = DataLoader(dataset, batch_size=batch_size, generator=generator if train else None, **options, **common)
+        return OnDevice(loader, device, device_tf) if device_tf is not None else loader
+
+    loaders = {"train": loader(splits.train, lc.batch_size, True)}
     for name, dataset in splits.eval.items():
-        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
-                                   sampler=shard(dataset, False), **common)
-    if device_tf is not None:
-        loaders = {name: OnDevice(loader, device, device_tf) for name, loader in loaders.items()}
+        loaders[name] = loader(dataset, lc.eval_batch_size or lc.batch_size, False)
     return Data(splits, loaders, generator)
 
 
