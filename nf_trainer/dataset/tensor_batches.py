@@ -52,7 +52,7 @@ class TensorBatches:
 
 def batched_loader(dataset, batch_size: int, device: torch.device, steps: list, **kwargs) -> TensorBatches | None:
     """TensorBatches for a TensorImageDataset (its own per-sample transform, then `steps`, run per batch), else None."""
-    if type(dataset) is not TensorImageDataset:
+    if not isinstance(dataset, TensorImageDataset):
         return None
     own = dataset.transform
     pipeline = [*(getattr(own, "transforms", [own]) if own is not None else []), *steps]
