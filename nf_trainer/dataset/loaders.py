@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
-from nf_trainer.dataset.files import collate_valid
+from nf_trainer.dataset.files import ImageFileDataset, collate_valid
+from nf_trainer.dataset.gpu_decode import DecodedOnDevice, EncodedFiles, collate_encoded, resolve_decode
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
 from nf_trainer.dataset.tensor_batches import batched_loader
 from nf_trainer.transforms import build_transforms, build_transforms_for_device
@@ -32,6 +33,7 @@ class Data:
 def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank: int = 0) -> Data:
     """Under torchrun each rank reads its own shard (DistributedSampler); `loader.batch_size` is per rank."""
     lc = cfg.loader
+    decode = resolve_decode(lc.decode, device)  # loader.decode=gpu without CUDA fails here, before anything is built
     on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
     train_tf, eval_tf, device_tf = (build_transforms_for_device(cfg.transforms) if on_device
                                     else (*build_transforms(cfg.transforms), None))
@@ -67,6 +69,10 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
                                      **options)
             if batches is not None:
                 return batches
+        if decode == "gpu" and isinstance(dataset, ImageFileDataset):  # workers read bytes, the GPU decodes
+            files = DataLoader(EncodedFiles(dataset), batch_size=batch_size, generator=generator if train else None,
+                               **options, **(common | {"collate_fn": collate_encoded}))
+            return DecodedOnDevice(files, dataset, device, dataset.transform, device_tf, splits.bad_files)
         loader = DataLoader(dataset, batch_size=batch_size, generator=generator if train else None, **options, **common)
         return OnDevice(loader, device, device_tf) if device_tf is not None else loader
 
