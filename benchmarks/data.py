@@ -273,15 +273,16 @@ def main() -> None:
             archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
             print(f"{machine()}; python main.py: A = {args.baseline}, B = this tree (training time, lower is better)")
-            results = alternate(lambda: default_job(baseline, folder / "out-a", "A"), lambda: default_job(ROOT, folder / "out-b", "B"),
-                                args.repeats or 5, args.baseline, "this tree", unit="s")
+            results = alternate(lambda: default_job(baseline, folder / "out-a", "A"),
+                                lambda: default_job(ROOT, folder / "out-b", "B"), args.repeats or 5, args.baseline,
+                                "this tree", unit="s")
             summary("default-job", *results, target=0.35, what="training time ratio B/A (this tree / baseline)", at_most=True)
         else:
             make_pngs(folder / "pngs", args.images or 10_000)
             print(f"{machine()}; {args.images or 10_000} PNGs 28x28 L; one epoch, transforms=digits image_size=28")
-            results = alternate(lambda: 1 / epoch_throughput(folder / "pngs", "none"),
-                                lambda: 1 / epoch_throughput(folder / "pngs", "memory"),
-                                args.repeats or 3, "cache=none", "cache=memory", unit="s/img")
+            results = alternate(lambda: 1000 / epoch_throughput(folder / "pngs", "none"),
+                                lambda: 1000 / epoch_throughput(folder / "pngs", "memory"),
+                                args.repeats or 3, "cache=none", "cache=memory", unit="s per 1000 images")
             summary("data-cache", *results, target=0.3, what="epoch time ratio B/A (cache=memory / none)", at_most=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
