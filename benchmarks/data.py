@@ -141,13 +141,15 @@ def training_seconds(log_text: str) -> tuple[float, int, float]:
     return epochs[-1][0] - (epochs[0][0] - epochs[0][1]), len(epochs), accuracy
 
 
-def default_job(tree: Path, out: Path, label: str) -> float:
+def default_job(tree: Path, out: Path, label: str, threads: int | None) -> float:
     import os
     import subprocess
     import sys
 
     out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    if threads:  # torch's threads in the job (on shared cores, two threads busy-wait each other)
+        env["OMP_NUM_THREADS"] = str(threads)
     subprocess.run([sys.executable, "main.py", f"paths.output_root={out}", "mlflow.log_model=false"], cwd=tree,
                    env=env, check=True, capture_output=True)
     log = sorted(out.glob("runs/*/*/main.log"))[-1].read_text()
@@ -273,8 +275,8 @@ def main() -> None:
             archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
             print(f"{machine()}; python main.py: A = {args.baseline}, B = this tree (training time, lower is better)")
-            results = alternate(lambda: default_job(baseline, folder / "out-a", "A"),
-                                lambda: default_job(ROOT, folder / "out-b", "B"), args.repeats or 5, args.baseline,
+            results = alternate(lambda: default_job(baseline, folder / "out-a", "A", args.threads),
+                                lambda: default_job(ROOT, folder / "out-b", "B", args.threads), args.repeats or 5, args.baseline,
                                 "this tree", unit="s")
             summary("default-job", *results, target=0.35, what="training time ratio B/A (this tree / baseline)", at_most=True)
         else:
