@@ -57,14 +57,17 @@ def alternate(a: Callable[[], float], b: Callable[[], float], repeats: int, labe
     return results_a, results_b
 
 
-def summary(name: str, results_a: list[float], results_b: list[float], target: float, what: str) -> float:
-    """Median of the per-pair ratios b/a (pairs ran back to back, so load drift cancels), and the verdict."""
+def summary(name: str, results_a: list[float], results_b: list[float], target: float, what: str,
+            at_most: bool = False) -> float:
+    """Median of the per-pair ratios b/a (pairs ran back to back, so load drift cancels), and the verdict:
+    ratio >= target, or <= target with `at_most` (times rather than throughputs)."""
     ratios = [b / a for a, b in zip(results_a, results_b)]
     ratio = statistics.median(ratios)
-    print(f"  medians: A {statistics.median(results_a):.1f}, B {statistics.median(results_b):.1f}; "
-          f"pair ratios {', '.join(f'{r:.3f}' for r in ratios)}")
-    verdict = "PASS" if ratio >= target else "FAIL"
-    print(f"{name}: {what} = {ratio:.3f} (median of {len(ratios)} alternated pairs; target >= {target}) {verdict}", flush=True)
+    print(f"  medians: A {statistics.median(results_a):.3g}, B {statistics.median(results_b):.3g}; "
+          f"pair ratios {', '.join(f'{r:.3f}' for r in ratios)} (spread {min(ratios):.3f}-{max(ratios):.3f})")
+    verdict = "PASS" if (ratio <= target if at_most else ratio >= target) else "FAIL"
+    print(f"{name}: {what} = {ratio:.3f} (median of {len(ratios)} alternated pairs; target {'<=' if at_most else '>='} "
+          f"{target}) {verdict}", flush=True)
     return ratio
 
 

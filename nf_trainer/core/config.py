@@ -67,6 +67,10 @@ class LoaderConf:
     num_workers: int = 0
     pin_memory: Optional[bool] = None  # None: on when training on CUDA
     normalize_on_device: Optional[bool] = None  # collate uint8, ToDtype/Normalize on the device; None: on CUDA
+    # sets held in memory (digits, CIFAR, MNIST, synthetic, cached folders): batches gathered on the device and
+    # transformed whole, random parameters per sample; false: a DataLoader running the transforms per sample
+    batched_transforms: bool = True
+    decode: str = "auto"  # image files: auto (gpu on CUDA) | cpu (workers decode) | gpu (workers read bytes, nvJPEG decodes)
     persistent_workers: bool = False
     prefetch_factor: Optional[int] = None  # None: PyTorch's default
     drop_last: bool = False
@@ -165,6 +169,7 @@ def validate(cfg) -> None:
         (cfg.trainer.log_every_n_steps >= 0, "trainer.log_every_n_steps must be >= 0 (0 turns per-step logging off)"),
         (cfg.trainer.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps must be >= 0 (0: at epoch ends only)"),
         (cfg.trainer.nonfinite in ("stop", "skip"), f"trainer.nonfinite must be stop or skip, not '{cfg.trainer.nonfinite}'"),
+        (cfg.loader.decode in ("auto", "cpu", "gpu"), f"loader.decode must be one of auto, cpu, gpu, not '{cfg.loader.decode}'"),
         (cfg.loader.eval_batch_size is None or cfg.loader.eval_batch_size >= 1,
          f"loader.eval_batch_size must be >= 1 or null, got {cfg.loader.eval_batch_size}"),
         (cfg.mlflow.tracker in TRACKERS,

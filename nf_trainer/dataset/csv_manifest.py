@@ -23,7 +23,7 @@ def csv_manifest(train_csv: str | None = None, val_csv: str | None = None, root:
                  path_column: str = "path", label_column: str = "label", label_type: str = "name",
                  classes: list[str] | None = None, name: str | None = None, mode: str = "RGB",
                  val_fraction: float = 0.2, split_seed: int = 0, on_bad_file: str = "skip", check: str = "quick",
-                 train_transform=None, eval_transform=None) -> DataSplits:
+                 cache: str = "none", cache_dir: str | None = None, train_transform=None, eval_transform=None) -> DataSplits:
     check_options(mode, on_bad_file, check)
     if label_type not in LABEL_TYPES:
         raise NfTrainerError(f"dataset.label_type must be name or index, not '{label_type}'")
@@ -40,7 +40,7 @@ def csv_manifest(train_csv: str | None = None, val_csv: str | None = None, root:
         val = to_samples(val_rows, classes, label_type, val_csv)
     folder = base_folder(train_csv, root)
     return file_splits(train, val, classes, name or folder.name, str(Path(train_csv).resolve()), str(folder), mode,
-                       on_bad_file, check, train_transform, eval_transform)
+                       on_bad_file, check, train_transform, eval_transform, cache, cache_dir)
 
 
 def base_folder(csv_path: str, root: str | None) -> Path:

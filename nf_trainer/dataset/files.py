@@ -16,6 +16,7 @@ from pathlib import Path
 from torch.utils.data import Dataset, default_collate
 
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.dataset.decoded_cache import cached_split, check_cache
 from nf_trainer.dataset.images import check_image_file, check_mode, describe_error, load_image
 from nf_trainer.dataset.splits import DataSplits, probe_shape
 
@@ -111,16 +112,31 @@ def drop_bad_files(samples: Samples, check: str, on_bad_file: str, mode: str, wh
 
 
 def file_splits(train: Samples, val: Samples, classes: list[str], name: str, source: str, root: str,
-                mode: str, on_bad_file: str, check: str, train_transform, eval_transform) -> DataSplits:
-    """The DataSplits of a train and a val list of files, bad files checked, shapes probed."""
+                mode: str, on_bad_file: str, check: str, train_transform, eval_transform, cache: str = "none",
+                cache_dir=None) -> DataSplits:
+    """The DataSplits of a train and a val list of files, bad files checked, shapes probed; decoded once
+    into memory or a disk cache with `cache` (nf_trainer/dataset/decoded_cache.py)."""
+    folder = check_cache(cache, cache_dir)  # before any work: an unwritable cache folder fails at once
     train, bad_train = drop_bad_files(train, check, on_bad_file, mode, f"{name} (train)")
     val, bad_val = drop_bad_files(val, check, on_bad_file, mode, f"{name} (val)")
     if not val:
         raise NfTrainerError(f"{name}: no usable image in the val set ({source})")
     common = dict(mode=mode, on_bad_file=on_bad_file, name=name, source=source, root=root)
-    val_set = ImageFileDataset(val, eval_transform, **common)
+    train_set, val_set = ImageFileDataset(train, train_transform, **common), ImageFileDataset(val, eval_transform, **common)
+    if cache != "none":
+        decoded = []
+        for split, where in ((train_set, f"{source} (train)"), (val_set, f"{source} (val)")):
+            dataset, bad = cached_split(split.samples, mode, cache, folder, split.transform, name, source, where,
+                                        split.digest())
+            if bad and on_bad_file == "fail":
+                raise NfTrainerError(f"bad image in {where}: {bad[0][0]}: {bad[0][1]}; fix or remove it, or set "
+                                     "dataset.on_bad_file=skip")
+            decoded.append(dataset)
+            bad_train += bad if split is train_set else []
+            bad_val += bad if split is val_set else []
+        train_set, val_set = decoded
     channels, size = probe_shape(val_set, name)
-    return DataSplits(train=ImageFileDataset(train, train_transform, **common), eval={name: val_set}, classes=classes,
+    return DataSplits(train=train_set, eval={name: val_set}, classes=classes,
                       in_channels=channels, image_size=size, bad_files=bad_train + bad_val)
 
 

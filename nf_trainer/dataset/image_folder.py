@@ -21,12 +21,13 @@ from nf_trainer.dataset.splits import DataSplits, stratified_split
 
 def image_folder(root: str | None = None, name: str | None = None, mode: str = "RGB", val_fraction: float = 0.2,
                  split_seed: int = 0, train_dir: str = "train", val_dir: str = "val", on_bad_file: str = "skip",
-                 check: str = "quick", train_transform=None, eval_transform=None) -> DataSplits:
+                 check: str = "quick", cache: str = "none", cache_dir: str | None = None, train_transform=None,
+                 eval_transform=None) -> DataSplits:
     check_options(mode, on_bad_file, check)
     folder = resolve_root(root, "image_folder")
     classes, train, val = folder_samples(folder, val_fraction, split_seed, train_dir, val_dir)
     return file_splits(train, val, classes, name or folder.name, str(folder), str(folder), mode, on_bad_file, check,
-                       train_transform, eval_transform)
+                       train_transform, eval_transform, cache, cache_dir)
 
 
 def folder_samples(folder: Path, val_fraction: float = 0.2, split_seed: int = 0, train_dir: str = "train",

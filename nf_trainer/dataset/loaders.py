@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
-from nf_trainer.dataset.files import collate_valid
+from nf_trainer.dataset.files import ImageFileDataset, collate_valid
+from nf_trainer.dataset.gpu_decode import DecodedOnDevice, EncodedFiles, collate_encoded, resolve_decode
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
+from nf_trainer.dataset.tensor_batches import batched_loader
 from nf_trainer.transforms import build_transforms, build_transforms_for_device
 from nf_trainer.transforms.on_device import OnDevice
 
@@ -31,6 +33,7 @@ class Data:
 def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank: int = 0) -> Data:
     """Under torchrun each rank reads its own shard (DistributedSampler); `loader.batch_size` is per rank."""
     lc = cfg.loader
+    decode = resolve_decode(lc.decode, device)  # loader.decode=gpu without CUDA fails here, before anything is built
     on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
     train_tf, eval_tf, device_tf = (build_transforms_for_device(cfg.transforms) if on_device
                                     else (*build_transforms(cfg.transforms), None))
@@ -56,13 +59,26 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
 
     sampler = (class_balanced_sampler(splits.train, splits.num_classes, generator) if lc.class_balanced
                else shard(splits.train, lc.shuffle))
-    loaders = {"train": DataLoader(splits.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
-                                   sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
+    device_steps = list(device_tf.transforms) if device_tf is not None else []
+
+    def loader(dataset, batch_size: int, train: bool):
+        options = dict(sampler=sampler if train else shard(dataset, False), drop_last=lc.drop_last and train,
+                       shuffle=lc.shuffle and train and sampler is None)
+        if lc.batched_transforms:  # a set in memory: whole batches on the device (dataset/tensor_batches.py)
+            batches = batched_loader(dataset, batch_size, device, device_steps, generator=generator if train else None,
+                                     **options)
+            if batches is not None:
+                return batches
+        if decode == "gpu" and isinstance(dataset, ImageFileDataset):  # workers read bytes, the GPU decodes
+            files = DataLoader(EncodedFiles(dataset), batch_size=batch_size, generator=generator if train else None,
+                               **options, **(common | {"collate_fn": collate_encoded}))
+            return DecodedOnDevice(files, dataset, device, dataset.transform, device_tf, splits.bad_files)
+        loader = DataLoader(dataset, batch_size=batch_size, generator=generator if train else None, **options, **common)
+        return OnDevice(loader, device, device_tf) if device_tf is not None else loader
+
+    loaders = {"train": loader(splits.train, lc.batch_size, True)}
     for name, dataset in splits.eval.items():
-        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
-                                   sampler=shard(dataset, False), **common)
-    if device_tf is not None:
-        loaders = {name: OnDevice(loader, device, device_tf) for name, loader in loaders.items()}
+        loaders[name] = loader(dataset, lc.eval_batch_size or lc.batch_size, False)
     return Data(splits, loaders, generator)
 
 

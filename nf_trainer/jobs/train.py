@@ -22,7 +22,7 @@ from nf_trainer.jobs.summary import run_summary
 from nf_trainer.model.build import build_model, data_facts, load_weights
 from nf_trainer.model.finetune import build_optimizer
 from nf_trainer.model.losses import build_loss
-from nf_trainer.tracking.dataset_inputs import record_data
+from nf_trainer.tracking.dataset_inputs import record_bad_files, record_data
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.tracking.null import NullTracker
 from nf_trainer.tracking.outcome import tracked_outcome
@@ -64,7 +64,10 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> floa
         record_config(cfg, tracker, out_dir)
         if ddp.is_main:
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
+        bad_before = len(data.splits.bad_files)
         fit(parts, settings, state, tracker)
+        if ddp.is_main and len(data.splits.bad_files) > bad_before:  # found while decoding batches (loader.decode=gpu)
+            record_bad_files(tracker, data.splits, out_dir, step=state.epoch)
         best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
         checkpoint = finish_training(parts, settings, cfg, data.splits.classes, tracker)
     log.info("%s", run_summary("FINISHED", objective_key, best, checkpoint, run_id, run_name, cfg.mlflow.tracking_uri,

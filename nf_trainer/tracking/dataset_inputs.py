@@ -18,7 +18,13 @@ from nf_trainer.tracking.interface import Tracker
 def record_data(tracker: Tracker, data: DataSplits, out_dir: Path) -> None:
     """Log the inputs, the bad-file count and list through the run's tracker."""
     tracker.log_inputs(describe_inputs(data))
-    tracker.log_metrics({"data/bad_files": len(data.bad_files)}, step=0)
+    record_bad_files(tracker, data, out_dir)
+
+
+def record_bad_files(tracker: Tracker, data: DataSplits, out_dir: Path, step: int = 0) -> None:
+    """The count and the list; logged again after training when decoding in the main process found more
+    (`loader.decode=gpu`: nf_trainer/dataset/gpu_decode.py)."""
+    tracker.log_metrics({"data/bad_files": len(data.bad_files)}, step=step)
     if data.bad_files:
         listing = Path(out_dir) / "bad_files.tsv"
         listing.write_text("path\treason\n" + "".join(f"{path}\t{reason}\n" for path, reason in data.bad_files))
