@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
 from nf_trainer.dataset.files import collate_valid
+from nf_trainer.dataset.shards import ShardStream, shard_loader
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
 from nf_trainer.transforms import build_transforms, build_transforms_for_device
 from nf_trainer.transforms.on_device import OnDevice
@@ -54,13 +55,22 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
             return None
         return DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=cfg.seed, drop_last=lc.drop_last)
 
-    sampler = (class_balanced_sampler(splits.train, splits.num_classes, generator) if lc.class_balanced
-               else shard(splits.train, lc.shuffle))
-    loaders = {"train": DataLoader(splits.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
-                                   sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
+    if isinstance(splits.train, ShardStream):  # streamed: split across ranks and workers, shuffled by the stream
+        if lc.class_balanced:
+            raise NfTrainerError("loader.class_balanced needs random access to the train set: not with dataset=shards")
+        splits.train.shuffle = lc.shuffle
+        loaders = {"train": shard_loader(splits.train, lc.batch_size, world_size, rank, lc.drop_last, generator=generator,
+                                         **common)}
+    else:
+        sampler = (class_balanced_sampler(splits.train, splits.num_classes, generator) if lc.class_balanced
+                   else shard(splits.train, lc.shuffle))
+        loaders = {"train": DataLoader(splits.train, batch_size=lc.batch_size, shuffle=lc.shuffle and sampler is None,
+                                       sampler=sampler, drop_last=lc.drop_last, generator=generator, **common)}
     for name, dataset in splits.eval.items():
-        loaders[name] = DataLoader(dataset, batch_size=lc.eval_batch_size or lc.batch_size, shuffle=False,
-                                   sampler=shard(dataset, False), **common)
+        eval_batch = lc.eval_batch_size or lc.batch_size
+        loaders[name] = (shard_loader(dataset, eval_batch, world_size, rank, **common) if isinstance(dataset, ShardStream)
+                         else DataLoader(dataset, batch_size=eval_batch, shuffle=False, sampler=shard(dataset, False),
+                                         **common))
     if device_tf is not None:
         loaders = {name: OnDevice(loader, device, device_tf) for name, loader in loaders.items()}
     return Data(splits, loaders, generator)
