@@ -246,13 +246,10 @@ def read_shard(shard: dict, first: int, end: int):
     """(url, key, image bytes, label) of samples first..end-1 of a shard; a shard that ends early is an error."""
     import tarfile
 
-    from webdataset.tariterators import group_by_keys, tar_file_iterator  # lazy: webdataset imports torch
-
     url, seen = shard["url"], 0
     try:
         with open_url(url) as stream:
-            files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
-            for sample in group_by_keys(files):
+            for sample in whole_samples(stream, url):
                 if seen >= first:
                     yield url, sample["__key__"], image_bytes(sample, url), label_of(sample, url)
                 seen += 1
@@ -265,6 +262,20 @@ def read_shard(shard: dict, first: int, end: int):
                              "copy it again or rerun prepare shards") from None
     raise NfTrainerError(f"shard {url} is truncated: it ends after {seen} of the {shard['samples']} samples its index "
                          "records; copy it again or rerun prepare shards")
+
+
+def whole_samples(stream, url: str):
+    """The samples of a tar stream, each once the next one begins: a stream cut short ends without an error
+    (tarfile), and its last sample may lack files; that one is left out (the count then falls short)."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # lazy: webdataset imports torch
+
+    pending = None
+    for sample in group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream)):
+        if pending is not None:
+            yield pending
+        pending = sample
+    if pending is not None and "cls" in pending and any(suffix in pending for suffix in IMAGE_SUFFIXES):
+        yield pending
 
 
 def image_bytes(sample: dict, url: str) -> bytes:
