@@ -47,7 +47,7 @@ def test_prepare_writes_shards_with_classes_counts_and_bad_files_in_the_index(fo
     assert prepare_main(["shards", str(folder), str(tmp_path / "s"), "--shard-size", "64"]) == 0
     printed = capsys.readouterr().out
     assert "wrote 3 train shards (159 images) and 1 val shards (41 images), 10 classes" in printed
-    assert f"python main.py dataset=shards 'dataset.urls='\"'\"'{tmp_path}/s/train-{{000000..000002}}.tar" in printed
+    assert f"python main.py dataset=shards \"dataset.urls='{tmp_path}/s/train-{{000000..000002}}.tar'\"\n" in printed
     index = json.loads((tmp_path / "s" / INDEX).read_text())
     assert index["classes"] == [str(d) for d in range(10)] and index["name"] == "digits_png"
     train = index["splits"]["train"]

@@ -120,7 +120,7 @@ def write_shards(src: Path, out: Path, shard_size: int = 1000, val_fraction: flo
           + (f"; left out {len(data.bad_files)} bad file(s), listed in {out / INDEX}" if data.bad_files else ""))
     # quoted for Hydra too: its override grammar reads an unquoted {...} as a dict
     print("train with: python main.py dataset=shards "
-          + shlex.quote(f"dataset.urls='{out.resolve()}/train-{{{0:06d}..{last:06d}}}.tar'"))
+          f"\"dataset.urls='{out.resolve()}/train-{{{0:06d}..{last:06d}}}.tar'\"")
     return out / INDEX
 
 

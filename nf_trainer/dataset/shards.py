@@ -117,7 +117,8 @@ def read_index(url: str) -> dict:
         with open_url(url) as f:
             facts = json.loads(f.read())
     except (OSError, ValueError) as exc:
-        raise NfTrainerError(f"cannot read the shards' index {url}: {describe_error(exc)}; prepare shards writes "
+        why = "it does not exist" if isinstance(exc, FileNotFoundError) else describe_error(exc)
+        raise NfTrainerError(f"cannot read the shards' index {url}: {why}; prepare shards writes "
                              f"{INDEX} beside the shards, or set dataset.index") from None
     if not isinstance(facts, dict) or facts.get("format") != FORMAT:
         raise NfTrainerError(f"{url} is not an index written by python -m nf_trainer.prepare shards")
