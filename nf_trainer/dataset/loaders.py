@@ -13,6 +13,7 @@ from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
 from nf_trainer.dataset.files import ImageFileDataset, collate_valid
 from nf_trainer.dataset.gpu_decode import DecodedOnDevice, EncodedFiles, collate_encoded, resolve_decode
+from nf_trainer.dataset.shards import ShardStream, shard_loader
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
 from nf_trainer.dataset.tensor_batches import batched_loader
 from nf_trainer.transforms import build_transforms, build_transforms_for_device
@@ -57,11 +58,20 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
             return None
         return DistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=cfg.seed, drop_last=lc.drop_last)
 
-    sampler = (class_balanced_sampler(splits.train, splits.num_classes, generator) if lc.class_balanced
-               else shard(splits.train, lc.shuffle))
+    streamed = isinstance(splits.train, ShardStream)  # split across ranks and workers, shuffled by the stream
+    if streamed and lc.class_balanced:
+        raise NfTrainerError("loader.class_balanced needs random access to the train set: not with dataset=shards")
+    if streamed:
+        splits.train.shuffle = lc.shuffle
+    sampler = None if streamed else (class_balanced_sampler(splits.train, splits.num_classes, generator)
+                                     if lc.class_balanced else shard(splits.train, lc.shuffle))
     device_steps = list(device_tf.transforms) if device_tf is not None else []
 
     def loader(dataset, batch_size: int, train: bool):
+        if isinstance(dataset, ShardStream):
+            shards = shard_loader(dataset, batch_size, world_size, rank, lc.drop_last and train,
+                                  generator=generator if train else None, **common)
+            return OnDevice(shards, device, device_tf) if device_tf is not None else shards
         options = dict(sampler=sampler if train else shard(dataset, False), drop_last=lc.drop_last and train,
                        shuffle=lc.shuffle and train and sampler is None)
         if lc.batched_transforms:  # a set in memory: whole batches on the device (dataset/tensor_batches.py)

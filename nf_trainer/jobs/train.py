@@ -137,7 +137,9 @@ def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settin
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         speed=step_settings, guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
         batch_transform=build_batch_transform(cfg.transforms, splits.num_classes),
-        train_sampler=data.loaders["train"].sampler if ddp.enabled else None,
+        # a DistributedSampler under torchrun; a shard stream splits itself and takes its epoch from train_generator
+        train_sampler=data.loaders["train"].sampler if ddp.enabled and hasattr(data.loaders["train"].sampler, "set_epoch")
+        else None,
     )
 
 
