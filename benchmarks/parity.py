@@ -7,7 +7,8 @@
 (b) nf_trainer's `run` (what `python main.py` runs, here in-process) with MLflow logging, the progress
     bar (drawn when stderr is a terminal), per-step loss logging, checkpoints and early-stopping checks.
 Same model, data, batch size, epochs and optimizer; (a) applies by hand the speed settings (b) defaults to
-(channels_last, fused optimizer, the autocast dtype) so the ratio measures the engine's overhead alone.
+(channels_last, fused optimizer, the autocast dtype, whole-batch augmentation of in-memory sets)
+so the ratio measures the engine's overhead alone.
 Throughput = training images / seconds of the epoch loop (train + evaluate), setup excluded on both sides.
 Cases: simple_cnn on digits (target B/A >= 0.97), resnet18 on 32 px images (target >= 0.98), and
 deterministic: simple_cnn on digits with `trainer.deterministic=true` for (b) only, against the plain
@@ -63,6 +64,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
 
     from nf_trainer import create_instance
     from nf_trainer.core.device import resolve_device, seed_everything
+    from nf_trainer.dataset.tensor_batches import batched_loader
     from nf_trainer.model.build import build_model, data_facts
     from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.trainer import speed
@@ -76,8 +78,13 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     train_tf, eval_tf = build_transforms(cfg.transforms)
     data = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
     (val_set,) = data.eval.values()
-    train_loader = DataLoader(data.train, batch_size=cfg.loader.batch_size, shuffle=True)
-    val_loader = DataLoader(val_set, batch_size=cfg.loader.batch_size)
+    # in-memory sets: whole batches augmented at once, as (b) does by default (loader.batched_transforms)
+    batched = cfg.loader.batched_transforms
+    train_loader = (batched and batched_loader(data.train, cfg.loader.batch_size, device, [], shuffle=True,
+                                               generator=torch.Generator())) or \
+        DataLoader(data.train, batch_size=cfg.loader.batch_size, shuffle=True)
+    val_loader = (batched and batched_loader(val_set, cfg.loader.batch_size, device, [])) or \
+        DataLoader(val_set, batch_size=cfg.loader.batch_size)
     model = build_model(cfg.model, data_facts(data)).to(device)
     if hasattr(model, "set_swish"):
         model.set_swish(memory_efficient=False)

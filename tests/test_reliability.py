@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 
+from nf_trainer.trainer.checkpoint import CheckpointWriter
 from tests.conftest import MAIN, ROOT, client, metric_history, run_here, runs
 
 SETUP = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "loader.batch_size=32",
@@ -190,3 +191,20 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
         in result.stderr
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_the_background_checkpoint_writer_saves_what_it_was_handed_and_reports_a_failed_write(tmp_path):
+    weights = torch.zeros(3)
+    writer = CheckpointWriter()
+    writer.save({"model": {"w": weights}, "epoch": 1}, tmp_path / "last.pt", copies=(tmp_path / "best-f1.pt",))
+    weights.add_(1)  # the next optimizer step, while the file is being written
+    writer.close()
+    for name in ("last.pt", "best-f1.pt"):
+        saved = torch.load(tmp_path / name, weights_only=True)
+        assert saved["epoch"] == 1 and saved["model"]["w"].tolist() == [0.0, 0.0, 0.0]
+    assert os.stat(tmp_path / "last.pt").st_ino == os.stat(tmp_path / "best-f1.pt").st_ino  # linked, not rewritten
+
+    writer = CheckpointWriter()
+    writer.save({"w": weights}, tmp_path / "no-such-folder" / "last.pt")
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        writer.close()  # the error of the write reaches the loop

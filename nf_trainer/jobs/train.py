@@ -194,6 +194,7 @@ def loop_settings(cfg: DictConfig, data: Data, ddp: distributed.Dist, device: to
         limit_train_batches=tc.limit_train_batches, limit_eval_batches=tc.limit_eval_batches,
         log_every_n_steps=tc.log_every_n_steps, checkpoint_every_n_steps=tc.checkpoint_every_n_steps,
         progress_bar=tc.progress_bar and ddp.is_main, is_main=ddp.is_main,
+        background_checkpoints=cfg.loader.num_workers == 0,
         checkpoint_extras={"classes": splits.classes, "config": config, "data": data_facts(splits),
                            "run_id": run_id},
     )

@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,6 +36,57 @@ def save_checkpoint(payload: dict, path: Path) -> None:
         raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so the next epoch trains while the last one is serialized and
+    fsynced (a small model's checkpoint costs a few percent of its epoch; a large one's, seconds). One write at a
+    time: `save` first waits for the one before. `close()` (at the end of `fit`, also when it raises) returns
+    when the last file is on disk, and raises a write's error (disk full) as save_checkpoint would.
+    `background=False` writes in the caller's thread: DataLoader workers are forked, and a fork while another
+    thread holds a lock (the allocator's, the pickler's) can hang the worker."""
+
+    def __init__(self, background: bool = True):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="nf-checkpoint") if background else None
+        self.pending: Future | None = None
+
+    def save(self, payload: dict, path: Path, copies: tuple[Path, ...] = ()) -> None:
+        """Write `payload` to `path`, then make each of `copies` a copy of it (copy_checkpoint)."""
+        if self.pool is None:
+            return _write(payload, Path(path), copies)
+        self.wait()
+        snapshot = detached(payload)  # the next optimizer step changes the weights in place
+        self.pending = self.pool.submit(_write, snapshot, Path(path), copies)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+
+def _write(payload: dict, path: Path, copies: tuple[Path, ...]) -> None:
+    save_checkpoint(payload, path)
+    for copy in copies:
+        copy_checkpoint(path, copy)
+
+
+def detached(value):
+    """A copy of `value` whose tensors are host copies and whose containers are new: what the loop changes
+    after handing a payload over never reaches it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return type(value)((k, detached(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(detached(v) for v in value)
+    return value
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from nf_trainer.core.metric_keys import metric_key
-from nf_trainer.trainer.checkpoint import copy_checkpoint, save_checkpoint
+from nf_trainer.trainer.checkpoint import CheckpointWriter
 from nf_trainer.trainer.distributed import rank0_decides
 from nf_trainer.trainer.evaluation import evaluate_sets, limited, results
 from nf_trainer.trainer.speed import grad_sync
@@ -26,6 +26,14 @@ log = logging.getLogger("nf_trainer")
 def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str, float]:
     """Train from `state` (a fresh LoopState, or a restored one) to `settings.max_epochs` or an early stop;
     returns the last epoch's metrics."""
+    writer = CheckpointWriter(settings.background_checkpoints)  # written while the next epoch trains
+    try:
+        return train_epochs(parts, settings, state, tracker, writer)
+    finally:
+        writer.close()  # the last checkpoint is on disk before fit returns or raises
+
+
+def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, writer: CheckpointWriter) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for epoch in range(state.epoch, settings.max_epochs):
         state.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
@@ -35,7 +43,7 @@ def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str
         parts.train_generator.manual_seed(settings.seed * 1_000_003 + epoch)
         if parts.train_sampler is not None:
             parts.train_sampler.set_epoch(epoch)
-        train = train_one_epoch(parts, settings, state, tracker, epoch)
+        train = train_one_epoch(parts, settings, state, tracker, writer, epoch)
         metrics |= {metric_key(k): v for k, v in train.items()}
         metrics |= evaluate_sets(parts.eval_model, parts.eval_loaders, parts.loss_fn, parts.eval_metrics,
                                  settings.device, settings.limit_eval_batches, parts.speed)
@@ -53,9 +61,9 @@ def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str
             parts.early_stop.update(metrics[parts.early_stop.key])
             stop = rank0_decides(parts.early_stop.bad_epochs >= parts.early_stop.patience)
         if settings.is_main:
-            save_checkpoint(checkpoint_payload(parts, settings, state, metrics), settings.out_dir / "last.pt")
-            for stem in improved:  # the same bytes as last.pt: linked, not serialized again
-                copy_checkpoint(settings.out_dir / "last.pt", settings.out_dir / f"best-{stem}.pt")
+            writer.save(checkpoint_payload(parts, settings, state, metrics), settings.out_dir / "last.pt",
+                        # the same bytes as last.pt: linked, not serialized again
+                        copies=tuple(settings.out_dir / f"best-{stem}.pt" for stem in improved))
         if stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
                      parts.early_stop.key, parts.early_stop.patience, parts.early_stop.best)
@@ -63,7 +71,8 @@ def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str
     return metrics
 
 
-def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker, epoch: int) -> dict[str, float]:
+def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker, writer: CheckpointWriter,
+                    epoch: int) -> dict[str, float]:
     model, device, speed = parts.model, settings.device, parts.speed
     model.train()
     parts.train_metrics.reset()
@@ -109,7 +118,7 @@ def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker,
             parts.guard.check(epoch)  # never save NaN weights over good ones
             if settings.is_main:
                 payload = checkpoint_payload(parts, settings, state, {}, partial_epoch(parts, loss_sum, seen))
-                save_checkpoint(payload, settings.out_dir / "last.pt")
+                writer.save(payload, settings.out_dir / "last.pt")
             state.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
     parts.guard.check(epoch)  # before anything of this epoch is evaluated or saved
     return results(loss_sum, seen, parts.train_metrics)

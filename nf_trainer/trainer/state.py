@@ -55,6 +55,7 @@ class Settings:
     checkpoint_every_n_steps: int = 0  # also write last.pt mid-epoch every N steps (0: at epoch ends only)
     progress_bar: bool = False
     is_main: bool = True  # rank 0 (or the only process): the one that writes checkpoints
+    background_checkpoints: bool = True  # written while the next epoch trains (not with forked loader workers)
     checkpoint_extras: dict = field(default_factory=dict)  # classes, config, data facts, run id: in every checkpoint
 
 
