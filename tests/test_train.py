@@ -7,7 +7,7 @@ from nf_trainer.core.errors import NfTrainerError
 from tests.conftest import client, fails_in_one_line, metric_history, only_run, run_here, runs
 
 
-@pytest.mark.slow  # python main.py itself, 20 epochs
+@pytest.mark.slow  # python main.py itself, 25 epochs
 def test_default_run_reaches_target_accuracy(default_run):
     out, run, _ = default_run
     assert run.info.status == "FINISHED"
@@ -15,13 +15,13 @@ def test_default_run_reaches_target_accuracy(default_run):
     assert best_acc >= 0.97
 
 
-@pytest.mark.slow  # python main.py itself, 20 epochs
+@pytest.mark.slow  # python main.py itself, 25 epochs
 def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     out, run, _ = default_run
     params, tags = run.data.params, run.data.tags
     assert params["model._target_"] == "nf_trainer.model.simple_cnn.SimpleCNN"
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.003"
-    assert params["trainer.max_epochs"] == "20" and params["data.num_classes"] == "10"
+    assert params["trainer.max_epochs"] == "25" and params["data.num_classes"] == "10"
     assert params["data.train_size"] == "1437" and params["data.digits.size"] == "360"
     assert run.info.run_name == "simple_cnn-adamw-lr0.003"
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
@@ -41,7 +41,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     assert ckpts == {"checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
 
 
-@pytest.mark.slow  # python main.py itself, 20 epochs
+@pytest.mark.slow  # python main.py itself, 25 epochs
 def test_default_run_writes_checkpoints(default_run):
     out, run, _ = default_run
     out_dir = run.data.tags["output_dir"]
@@ -53,7 +53,7 @@ def test_default_run_writes_checkpoints(default_run):
     assert best["best"]["f1"]["best"] == pytest.approx(max(f1))
 
 
-@pytest.mark.slow  # python main.py itself, 20 epochs
+@pytest.mark.slow  # python main.py itself, 25 epochs
 def test_the_main_job_prints_where_its_run_went(default_run):
     out, run, result = default_run
     log = result.stdout + result.stderr
