@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,12 @@ from nf_trainer.transforms import build_batch_transform
 log = logging.getLogger("nf_trainer")
 
 
-def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> float:
-    """Train and log one run; returns the objective (the best `objective.metric` over the epochs)."""
+def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
+          report: Callable[[int, float], bool] | None = None) -> float:
+    """Train and log one run; returns the objective (the best `objective.metric` over the epochs).
+
+    `report(epoch, objective of that epoch)`, after every epoch: True ends the training there (an Optuna trial's
+    pruner, nf_trainer/sweep/study.py); the run still finishes as any other, FINISHED with its checkpoints."""
     ddp, device, out_dir = join_processes(cfg)
     resumed = read_resume(cfg)
     data = build_data(cfg, device, ddp.world_size, ddp.rank)
@@ -64,7 +69,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> floa
         record_config(cfg, tracker, out_dir)
         if ddp.is_main:
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
-        fit(parts, settings, state, tracker)
+        fit(parts, settings, state, tracker, (lambda epoch, metrics: report(epoch, metrics[objective_key])) if report else None)
         best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
         checkpoint = finish_training(parts, settings, cfg, data.splits.classes, tracker)
     log.info("%s", run_summary("FINISHED", objective_key, best, checkpoint, run_id, run_name, cfg.mlflow.tracking_uri,
