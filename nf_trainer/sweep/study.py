@@ -2,7 +2,8 @@
 shared by every process that sweeps it, and what its jobs need to report to it.
 
 Which trials count toward `n_trials` (the study's total, over every process and every re-run): the complete,
-the pruned, the running and the failed ones whose job failed (`nf.failed`). A trial whose process died (its
+the pruned, the running and the failed ones whose job failed (`nf.failed`); trials put in the study with
+`study.enqueue_trial(params)` run first. A trial whose process died (its
 owner is gone from this machine, or an RDB heartbeat went stale) is marked FAIL without `nf.failed`: it stays in
 the study and does not count, so re-running the command runs another trial in its place.
 
@@ -129,8 +130,9 @@ def fail_interrupted(study) -> list[int]:
 
 
 def counted(trials) -> list:
-    """The trials that count toward n_trials (see the module docstring)."""
-    return [t for t in trials if t.state.name != "FAIL" or FAILED in t.user_attrs]
+    """The trials that count toward n_trials (see the module docstring); a WAITING one (study.enqueue_trial) is
+    the next one asked for, and counts once it runs."""
+    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "RUNNING") or FAILED in t.user_attrs]
 
 
 def running_numbers(study) -> set[int]:
