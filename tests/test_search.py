@@ -192,8 +192,9 @@ def test_a_lagging_trial_is_pruned_and_a_nan_trial_does_not_stop_the_study(out):
     study = optuna.create_study(storage=storage(out), study_name=name, direction="minimize")
     for lr in (3e-3, 2e-3, 1e30, 1e-8):
         study.enqueue_trial({"optimizer.lr": lr})
-    result = run_main("hparams_search=optuna", *TINY, f"hydra.sweeper.storage={storage(out)}", f"hydra.sweeper.study_name={name}",
-                      "hydra.sweeper.n_trials=4", "optimizer=adam", "optimizer.weight_decay=0", "objective.metric=loss", "objective.mode=min",
+    result = run_main("hparams_search=optuna", *TINY, f"hydra.sweeper.storage={storage(out)}",
+                      f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=4", "optimizer=adam",
+                      "optimizer.weight_decay=0", "objective.metric=loss", "objective.mode=min",
                       "optimizer.lr=tag(log, interval(1e-9, 1e31))",  # the command line's space wins over the preset's
                       "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=0", out=out)
     trials = optuna.load_study(study_name=name, storage=storage(out)).trials

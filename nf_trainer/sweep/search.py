@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep import study as studies
@@ -92,6 +92,8 @@ def prepare(config: DictConfig) -> tuple[Plan, set[int]]:
     """In the launching process, before the MLflow run: the plan checked, the study created or continued, its
     interrupted trials marked FAIL; the trial numbers other processes are running now."""
     plan = Plan.of(config)
+    with read_write(config.hydra.sweeper), open_dict(config.hydra.sweeper):
+        config.hydra.sweeper.study_name = plan.name  # the sweeper's, too: the code (and so the key) may change meanwhile
     study = plan.load()
     studies.fail_interrupted(study)
     done = len(studies.counted(study.get_trials(deepcopy=False)))
