@@ -110,13 +110,11 @@ def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 3
 
 
 def trials_in(out: Path, *states) -> list:
-    """The study's trials in those states (none while the study does not exist yet)."""
-    if not (out / "optuna.db").exists():
+    """The study's trials in those states; none until the sweep has made the study and its MLflow run (opening
+    the storage while the sweep creates its tables would race it)."""
+    if not list(out.glob("multirun/*/*/mlflow_sweep.json")):
         return []
-    try:
-        return [t for t in only_study(out).trials if t.state in states]
-    except ValueError:  # the file exists, the study not yet
-        return []
+    return [t for t in only_study(out).trials if t.state in states]
 
 
 def param_sets(trials) -> list[tuple]:
