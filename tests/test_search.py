@@ -216,3 +216,46 @@ def test_a_lagging_trial_is_pruned_and_a_nan_trial_does_not_stop_the_study(out):
     assert sorted(a.path for a in client(out).list_artifacts(parent.info.run_id, "optuna")) == [
         "optuna/optimization_history.png", "optuna/param_importances.png"]
     assert "trial 3 pruned after epoch 1" in result.stdout + result.stderr
+
+
+# --- the dashboard ---------------------------------------------------------------------------------------------
+
+def test_the_dashboard_wants_a_study(tmp_path):
+    from nf_trainer.cli.ui import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["optuna", f"paths.output_root={tmp_path}"])
+    assert exited.value.code == (f"no Optuna study at sqlite:///{tmp_path}/optuna.db yet: run `python main.py "
+                                 "hparams_search=optuna` (with the same paths.output_root), or give --storage")
+
+
+@pytest.mark.slow
+def test_the_dashboard_serves_the_study_on_loopback(tmp_path):
+    import json
+    import socket
+    import urllib.request
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="seen")
+    study.tell(study.ask(), 1.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "nf_trainer.ui", "optuna", "--port", str(port),
+                               f"paths.output_root={tmp_path}"], cwd=MAIN.parent, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=environment())
+    try:
+        assert server.stdout.readline().startswith(f"optuna-dashboard for sqlite:///{tmp_path}/optuna.db")
+        assert server.stdout.readline().strip() == f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    names = [s["study_name"] for s in json.load(answer)["study_summaries"]]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline
+                time.sleep(0.5)
+        assert names == ["seen"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
