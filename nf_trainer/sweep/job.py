@@ -38,8 +38,11 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     sweep = current_sweep(cfg)
     log.debug("config hash %s; store %s, experiment %s; %s", tags[CONFIG_HASH_TAG], cfg.mlflow.tracking_uri,
               cfg.mlflow.experiment_name, f"in sweep run {sweep.parent_run_id}" if sweep else "a single run")
-    if sweep is None:
-        return run_job(cfg, tags)
+    trial = current_trial()  # in an Optuna study of ours: the trial this job is
+    if trial is not None:
+        tags |= {TRIAL_TAG: str(trial.number), STUDY_TAG: trial.study_name}
+    if sweep is None:  # no sweep, or one without its MLflow parent (hydra.callbacks.mlflow_sweep=null)
+        return run_job(cfg, tags, TrialReport(trial) if trial is not None else None)
 
     mode = objective_mode(cfg)
     if sweep.skip_finished:
@@ -50,9 +53,6 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
                      done.info.run_id, done.info.run_name, value)
             return value
     tags[PARENT_TAG] = sweep.parent_run_id
-    trial = current_trial()  # in an Optuna study of ours: the trial this job is
-    if trial is not None:
-        tags |= {TRIAL_TAG: str(trial.number), STUDY_TAG: trial.study_name}
     try:
         value = run_job(cfg, tags, TrialReport(trial) if trial is not None else None)
     except Exception as exc:

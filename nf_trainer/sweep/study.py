@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
@@ -189,7 +190,7 @@ def write_trials(sweep_dir: Path, storage: str, study_name: str, pruner: DictCon
 
 def current_trial() -> JobTrial | None:
     """The Optuna trial this Hydra job runs, or None (not in a study of ours)."""
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hydra = HydraConfig.get()
     path = Path(hydra.sweep.dir) / STUDY_FILE
