@@ -94,7 +94,7 @@ def prepare(config: DictConfig) -> tuple[Plan, set[int]]:
     plan = Plan.of(config)
     with read_write(config.hydra.sweeper), open_dict(config.hydra.sweeper):
         config.hydra.sweeper.study_name = plan.name  # the sweeper's, too: the code (and so the key) may change meanwhile
-    study = plan.load()
+    study = plan.load(heartbeat=True)  # with heartbeats on, stale trials of other machines are found too
     studies.fail_interrupted(study)
     done = len(studies.counted(study.get_trials(deepcopy=False)))
     log.info("Optuna study '%s' in %s: %d of %d trials done or running%s", plan.name, studies.safe_url(plan.storage),
