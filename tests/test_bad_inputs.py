@@ -157,6 +157,16 @@ CASES = [
          "mlflow.registered_model_alias needs mlflow.registered_model_name=NAME"),
     Case("csv_without_path_column", (*FAST, "dataset=csv", "dataset.train_csv={tmp}/images/all.csv"),
          "{tmp}/images/all.csv has no column 'path' (its columns: file, label)", setup=csv_without_path_column),
+    # an Optuna study: refused before its MLflow run and any trial (nf_trainer/sweep/search.py:prepare)
+    Case("optuna_unreachable_storage", (*FAST, "hparams_search=optuna",
+                                        "hydra.sweeper.storage=postgresql+psycopg://nf:hunter2@127.0.0.1:1/optuna"),
+         "the Optuna storage postgresql+psycopg://nf:***@127.0.0.1:1/optuna cannot be opened (connection failed"),
+    Case("optuna_malformed_space", (*FAST, "hparams_search=optuna", "optimizer.lr=interval(0.1, 0.001)"),
+         "the search space entry 'optimizer.lr=interval(0.1, 0.001)' is not a valid range: `low <= high` must hold"),
+    Case("optuna_space_that_does_not_parse", (*FAST, "hparams_search=optuna", "optimizer.lr=interval(1e-4)"),
+         "Error parsing override 'optimizer.lr=interval(1e-4)'. TypeError while evaluating 'interval(1e-4)'"),
+    Case("optuna_direction_against_the_objective", (*FAST, "hparams_search=optuna", "hydra.sweeper.direction=minimize"),
+         "objective.metric=f1 is maximized but hydra.sweeper.direction=minimize: set objective.mode or the direction"),
 ]
 
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "nf_trainer"
+PLUGIN = ROOT / "hydra_plugins" / "nf_trainer_optuna"  # our Hydra sweeper: Hydra finds it in the hydra_plugins namespace
 # From the bottom up: a module imports only from its own layer or below.
 LAYERS = [
     ("core", ["nf_trainer", "nf_trainer.core"]),
     ("building blocks", ["nf_trainer.dataset", "nf_trainer.transforms", "nf_trainer.model", "nf_trainer.trainer"]),
     ("tracking", ["nf_trainer.tracking"]),
     ("jobs", ["nf_trainer.jobs"]),
-    ("sweep", ["nf_trainer.sweep"]),
+    ("sweep", ["nf_trainer.sweep", "hydra_plugins.nf_trainer_optuna"]),
     ("cli", ["nf_trainer.cli", "nf_trainer.ui", "nf_trainer.runs", "nf_trainer.prepare"]),
 ]
 NO_MLFLOW = ("nf_trainer.core", "nf_trainer.dataset", "nf_trainer.transforms", "nf_trainer.model", "nf_trainer.trainer")
@@ -61,7 +62,7 @@ def imports(path: Path, modules: set[str]):
 
 
 def graph() -> dict[str, dict]:
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    files = {module_name(p): p for folder in (PACKAGE, PLUGIN) for p in folder.rglob("*.py")}
     modules = set(files)
     return {name: {"path": path, "imports": list(imports(path, modules))} for name, path in files.items()}
 

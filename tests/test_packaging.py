@@ -16,10 +16,14 @@ from tests.conftest import MLFLOW_ENV, ROOT
 
 
 def test_the_wheel_lists_every_package_of_the_source_tree():
-    """pyproject.toml lists the packages (conf/ is mapped into nf_trainer/conf, so `packages.find` cannot be used)."""
+    """pyproject.toml lists the packages (conf/ is mapped into nf_trainer/conf, so `packages.find` cannot be used),
+    and the Hydra sweeper's: hydra_plugins is a namespace package (no __init__.py), shared with Hydra's plugins."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "nf_trainer").rglob("__init__.py")}
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for top in ("nf_trainer", "hydra_plugins")
+               for p in (ROOT / top).rglob("__init__.py")}
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()
+    assert "hydra_plugins.nf_trainer_optuna" in folders
     assert set(setuptools["packages"]) == folders | {"nf_trainer.conf"}
     assert setuptools["package-dir"] == {"nf_trainer.conf": "conf"}
 
@@ -28,7 +32,7 @@ def build_wheel(dest: Path, tmp: Path) -> Path:
     """The wheel of a copy of the checkout (a build in place would leave build/ and *.egg-info in it)."""
     source = tmp / "source"
     source.mkdir()
-    for name in ("nf_trainer", "conf"):
+    for name in ("nf_trainer", "conf", "hydra_plugins"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)

@@ -154,6 +154,15 @@ def test_optuna_study_goes_on_past_a_failed_trial(out):
     assert parent.data.tags["best.run_id"] == best.info.run_id
     assert parent.info.status == "FAILED"  # a child failed
     assert parent.data.tags["sweep.children"] == "2 finished, 1 failed or killed"
+    # the study, kept in outputs/optuna.db: the failed trial is FAIL (and counts toward n_trials), each run is tagged
+    import optuna
+
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{out}/optuna.db")
+    assert summary.study_name == study["study_name"] == parent.data.tags["optuna.study"]
+    trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{out}/optuna.db").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL"] and "nf.failed" in trials[2].user_attrs
+    assert {c.data.tags["optuna.trial"]: c.data.tags["optuna.state"] for c in children} == {
+        "0": "COMPLETE", "1": "COMPLETE", "2": "FAIL"}
 
 
 def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):

@@ -10,6 +10,7 @@ Only the job imports torch and mlflow (nf_trainer/sweep/job.py), so `--help` and
 import hydra
 from omegaconf import DictConfig
 
+from hydra_plugins.nf_trainer_optuna.optuna_sweeper import register as register_sweeper
 from nf_trainer.cli.rerun import expand_rerun
 from nf_trainer.core.config import register_configs
 from nf_trainer.core.errors import one_line_errors
@@ -17,6 +18,7 @@ from nf_trainer.core.paths import CONF_DIR
 from nf_trainer.sweep.job import run_hydra_job
 
 register_configs()
+register_sweeper()  # hparams_search=optuna
 
 
 # Hydra names the job after this module: its log file is main.log, as for `python main.py`

@@ -4,6 +4,7 @@
     python -m nf_trainer.ui --port 5001 paths.output_root=/data/outputs
     python -m nf_trainer.ui mlflow.tracking_uri=http://team-server:5000   # a server already up: its URL
     python -m nf_trainer.ui --run RUN_ID                   # that run's page (what a run's summary prints)
+    python -m nf_trainer.ui optuna                         # optuna-dashboard on outputs/optuna.db, port 8080
 
 The store is the one main.py would log to (MLFLOW_TRACKING_URI, when set, unless `mlflow.tracking_uri=`
 is given). It prints the experiment's runs table URL (MLflow 3 otherwise opens on an empty GenAI traces page),
@@ -26,8 +27,9 @@ from nf_trainer.tracking.ui_link import runs_url
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        command = serve(parse_args(argv))
+        command = dashboard(parse_dashboard_args(argv[1:])) if argv[:1] == ["optuna"] else serve(parse_args(argv))
     except NfTrainerError as exc:
         sys.exit(str(exc))
     if command:
@@ -43,6 +45,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
+def parse_dashboard_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nf_trainer.ui optuna",
+                                     description="optuna-dashboard on the studies of hparams_search=optuna")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    parser.add_argument("--storage", help="a storage URL or journal:PATH (default: hydra.sweeper.storage, outputs/optuna.db)")
+    parser.add_argument("overrides", nargs="*", help="config overrides that pick the storage, as for main.py")
+    return parser.parse_intermixed_args(argv)
+
+
+def dashboard(options) -> list[str]:
+    """The optuna-dashboard command on the storage main.py's studies use (an optional extra: [dashboard])."""
+    executable = Path(sys.executable).with_name("optuna-dashboard")
+    if not executable.is_file():
+        raise NfTrainerError("optuna-dashboard is not installed: pip install 'nf-trainer[dashboard]'")
+    storage = options.storage or str(project_config(["hparams_search=optuna", *options.overrides],
+                                                    with_hydra=True).hydra.sweeper.storage)
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise NfTrainerError(f"no Optuna study at {storage} yet: run `python main.py hparams_search=optuna` "
+                             "(with the same paths.output_root), or give --storage")
+    listen(options.host, options.port)
+    hint = ["--storage-class", "JournalFileStorage"] if storage.startswith("journal:") else []
+    print(f"optuna-dashboard for {storage}:\n  http://{options.host}:{options.port}\n(Ctrl-C stops it)", flush=True)
+    return [sys.executable, str(executable), storage.removeprefix("journal:"), *hint, "--host", options.host,
+            "--port", str(options.port), "--quiet"]
+
+
+def listen(host: str, port: int) -> None:
+    """Fail in one line when the port is taken (the servers would say so in a traceback)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise NfTrainerError(f"cannot listen on {host}:{port} ({exc.strerror}): pick another port with --port") from None
+
+
 def serve(options) -> list[str] | None:
     """Print the runs URL; the `mlflow server` command to become, or None when the store is a server already."""
     cfg = project_config(options.overrides)
@@ -52,12 +90,7 @@ def serve(options) -> list[str] | None:
         shown, *where = page(uri, name, options.run)
         print(f"{uri} is a tracking server already; {shown}: {runs_url(uri, *where)}")
         return None
-    with socket.socket() as probe:
-        try:
-            probe.bind((options.host, options.port))
-        except OSError as exc:
-            raise NfTrainerError(f"cannot listen on {options.host}:{options.port} ({exc.strerror}): "
-                                 "pick another port with --port") from None
+    listen(options.host, options.port)
     shown, *where = page(uri, name, options.run)
     url = runs_url(f"http://{options.host}:{options.port}", *where)
     print(f"MLflow UI for {uri}, {shown}:\n  {url}\n"

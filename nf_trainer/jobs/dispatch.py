@@ -19,5 +19,8 @@ from nf_trainer.tracking.interface import Tracker
 JOBS = {"train": train, "eval": evaluate, "predict": predict, "export": export}
 
 
-def run_job(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> float | None:
+def run_job(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str], report=None) -> float | None:
+    """`report`: a trial's per-epoch objective report (nf_trainer/jobs/train.py:train); training only."""
+    if report is not None and cfg.mode == "train":
+        return train(cfg, tracker, extra_tags, report)
     return JOBS[cfg.mode](cfg, tracker, extra_tags)

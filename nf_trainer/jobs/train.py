@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,12 @@ from nf_trainer.transforms import build_batch_transform
 log = logging.getLogger("nf_trainer")
 
 
-def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> float:
-    """Train and log one run; returns the objective (the best `objective.metric` over the epochs)."""
+def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
+          report: Callable[[int, float], bool] | None = None) -> float:
+    """Train and log one run; returns the objective (the best `objective.metric` over the epochs).
+
+    `report(epoch, objective of that epoch)`, after every epoch: True ends the training there (an Optuna trial's
+    pruner, nf_trainer/sweep/study.py); the run still finishes as any other, FINISHED with its checkpoints."""
     ddp, device, out_dir = join_processes(cfg)
     resumed = read_resume(cfg)
     data = build_data(cfg, device, ddp.world_size, ddp.rank)
@@ -65,7 +70,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> floa
         if ddp.is_main:
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
         bad_before = len(data.splits.bad_files)
-        fit(parts, settings, state, tracker)
+        fit(parts, settings, state, tracker, (lambda epoch, metrics: report(epoch, metrics[objective_key])) if report else None)
         if ddp.is_main and len(data.splits.bad_files) > bad_before:  # found while decoding batches (loader.decode=gpu)
             record_bad_files(tracker, data.splits, out_dir, step=state.epoch)
         best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))

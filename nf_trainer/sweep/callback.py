@@ -13,7 +13,6 @@ Hydra loads this module for every run, single ones too: it imports neither mlflo
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import logging
 import sys
@@ -24,9 +23,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.sweep.info import SweepInfo, objective_mode
+from nf_trainer.sweep.info import SweepInfo, objective_mode, sweep_key, task_overrides
 from nf_trainer.sweep.job import announce_new_store
+from nf_trainer.sweep.search import prepare, study_artifacts
 from nf_trainer.sweep.store import CONFIG_HASH_TAG, SWEEP_KEY_TAG, children, differing_keys, latest_sweep
+from nf_trainer.sweep.study import STATE_TAG, STUDY_TAG, TRIAL_TAG, is_ours, safe_url, study_key
 from nf_trainer.sweep.summary import sweep_summary
 from nf_trainer.tracking.git import git_info
 from nf_trainer.tracking.interface import OBJECTIVE
@@ -49,6 +50,7 @@ class SweepCallback(Callback):
         self.sweep: SweepInfo | None = None
         self.tracker: MlflowTracker | None = None  # the parent run's
         self.mode, self.metric, self.overrides = "min", "", []  # the objective's, the command line's
+        self.plan = None  # an Optuna study's (nf_trainer/sweep/search.py)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         # Hydra turns a callback's exception into a warning and runs the jobs anyway: stop here instead.
@@ -71,15 +73,16 @@ class SweepCallback(Callback):
         if keep_going and isinstance(direction, str) and direction[:3] != mode:
             raise NfTrainerError(f"objective.metric={config.objective.metric} is {mode}imized but "
                                  f"hydra.sweeper.direction={direction}: set objective.mode or the direction so they agree")
+        plan, running = prepare(config) if is_ours(config) else (None, set())  # the study first: bad input fails here
         mlflow_cfg = config.mlflow
         announce_new_store(mlflow_cfg.tracking_uri)
         tracker = MlflowTracker(mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name, mlflow_cfg.artifact_location)
         experiment_id = tracker.experiment_id()  # creates a brand-new store here, once
         git = git_info()
-        key = sweep_key(config, git)
+        key = sweep_key(config, git) if plan is None else study_key(plan.storage, plan.name)  # one parent per study
         existing = latest_sweep(tracker.client, experiment_id, key) if self.resume else None
         if existing is not None:
-            self._continue(tracker, experiment_id, existing.info.run_id)
+            self._continue(tracker, experiment_id, existing.info.run_id, {str(n) for n in running})
         else:
             tags = {SWEEP_KEY_TAG: key, "sweep.overrides": " ".join(task_overrides(config)) or "(none)",
                     "sweep.sweeper": sweeper._target_.rsplit(".", 1)[-1],
@@ -87,9 +90,12 @@ class SweepCallback(Callback):
                     "objective.metric": str(config.objective.metric), "objective.mode": mode, **git}
             if sweeper.get("params"):
                 tags["sweep.params"] = json.dumps(OmegaConf.to_container(sweeper.params), sort_keys=True)
+            if plan is not None:
+                tags |= {STUDY_TAG: plan.name, "optuna.storage": safe_url(plan.storage)}
             tracker.start(sweep_name(config), {}, tags)
         tracker.set_tags({"sweep.dir": str(config.hydra.sweep.dir)})
 
+        self.plan = plan
         self.mode, self.metric, self.overrides, self.tracker = mode, str(config.objective.metric), task_overrides(config), tracker
         self.sweep = SweepInfo(tracker.run_id, experiment_id, mlflow_cfg.tracking_uri, self.resume, keep_going)
         self.sweep.write(Path(str(config.hydra.sweep.dir)))
@@ -97,10 +103,12 @@ class SweepCallback(Callback):
         log.info("sweep run %s in %s (experiment %s)", tracker.run_id, mlflow_cfg.tracking_uri, mlflow_cfg.experiment_name)
 
     @staticmethod
-    def _continue(tracker: MlflowTracker, experiment_id: str, parent: str) -> None:
-        """Reopen the parent run of the same sweep; its children a kill left RUNNING are marked KILLED."""
+    def _continue(tracker: MlflowTracker, experiment_id: str, parent: str, running: set[str]) -> None:
+        """Reopen the parent run of the same sweep; its children a kill left RUNNING are marked KILLED (but the
+        trials another process of the same study is `running`)."""
         for child in children(tracker.client, experiment_id, parent):
-            if child.info.status == "RUNNING":  # left so by a killed sweep: it will never end by itself
+            # left so by a killed sweep: it will never end by itself
+            if child.info.status == "RUNNING" and child.data.tags.get(TRIAL_TAG) not in running:
                 tracker.client.set_terminated(child.info.run_id, status="KILLED")
         tracker.start("", {}, {}, resume_run_id=parent)
         log.info("continuing sweep run %s: jobs that already FINISHED with the same config are skipped "
@@ -121,7 +129,8 @@ class SweepCallback(Callback):
         for child in children(tracker.client, sweep.experiment_id, sweep.parent_run_id):
             latest[child.data.tags.get(CONFIG_HASH_TAG, child.info.run_id)] = child
         failed = [r for r in latest.values() if r.info.status in ("FAILED", "KILLED")]
-        scored = [r for r in latest.values() if r.info.status == "FINISHED" and OBJECTIVE in r.data.metrics]
+        scored = [r for r in latest.values() if r.info.status == "FINISHED" and OBJECTIVE in r.data.metrics
+                  and r.data.tags.get(STATE_TAG) != "PRUNED"]  # a pruned trial's objective is of fewer epochs
         finished = sum(r.info.status == "FINISHED" for r in latest.values())
         tags = {"sweep.children": f"{finished} finished, {len(failed)} failed or killed"}
         if scored:
@@ -132,6 +141,8 @@ class SweepCallback(Callback):
                      "best.overrides": best.data.tags.get("overrides", ""),
                      "best.params": " ".join(f"{k}={v}" for k, v in differing_params(scored, best).items())}
             tracker.log_metrics({OBJECTIVE: value}, step=len(scored))
+        if self.plan is not None:
+            tags |= study_artifacts(self.plan, tracker)
         tracker.set_tags(tags)
         if completed:
             status = "FAILED" if failed else "FINISHED"
@@ -146,24 +157,6 @@ class SweepCallback(Callback):
 def differing_params(runs: list, run) -> dict[str, str]:
     """The params of `run` whose values are not the same across `runs`."""
     return {k: run.data.params.get(k, "") for k in differing_keys(runs)}
-
-
-def sweep_key(config: DictConfig, git: dict[str, str]) -> str:
-    """Same sweep = same config name, command-line overrides, search space and code (commit + uncommitted diff).
-
-    The launcher and trial counts are left out: a sweep can continue with more workers or trials.
-    """
-    sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-    for volatile in ("n_trials", "n_jobs", "max_batch_size"):
-        sweeper.pop(volatile, None)
-    material = {"config": config.hydra.job.config_name, "overrides": sorted(task_overrides(config)),
-                "sweeper": sweeper, "git": git}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def task_overrides(config: DictConfig) -> list[str]:
-    """The command line's overrides as typed: `${...}` in them belongs to the jobs, unresolved here."""
-    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
 
 
 def sweep_name(config: DictConfig) -> str:

@@ -39,12 +39,17 @@ def current_sweep(cfg: DictConfig) -> SweepInfo | None:
     path = Path(HydraConfig.get().sweep.dir) / SWEEP_FILE
     if not path.is_file():
         return None  # the callback is switched off: plain runs
-    sweep = SweepInfo(**json.loads(path.read_text()))
+    sweep = read_sweep(path.parent)
     if sweep.tracking_uri != cfg.mlflow.tracking_uri:
         log.warning("this job logs to %s, not to the sweep's store %s: it is not nested under the sweep run",
                     cfg.mlflow.tracking_uri, sweep.tracking_uri)
         return None
     return sweep
+
+
+def read_sweep(sweep_dir: Path) -> SweepInfo | None:
+    path = sweep_dir / SWEEP_FILE
+    return SweepInfo(**json.loads(path.read_text())) if path.is_file() else None
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -59,3 +64,21 @@ def objective_mode(cfg: DictConfig) -> str:
 
 def worst_value(mode: str) -> float:
     return math.inf if mode == "min" else -math.inf
+
+
+def sweep_key(config: DictConfig, git: dict[str, str]) -> str:
+    """Same sweep = same config name, command-line overrides, search space and code (commit + uncommitted diff).
+
+    The launcher and trial counts are left out: a sweep can continue with more workers or trials.
+    """
+    sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+    for volatile in ("n_trials", "n_jobs", "max_batch_size", "heartbeat_interval", "grace_period"):
+        sweeper.pop(volatile, None)
+    material = {"config": config.hydra.job.config_name, "overrides": sorted(task_overrides(config)),
+                "sweeper": sweeper, "git": git}
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def task_overrides(config: DictConfig) -> list[str]:
+    """The command line's overrides as typed: `${...}` in them belongs to the jobs, unresolved here."""
+    return [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]

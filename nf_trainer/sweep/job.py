@@ -4,7 +4,8 @@ then the job, inside its sweep when there is one.
 In a sweep, the job's run is nested under the sweep's parent run and tagged with a hash of its resolved
 config. A job whose config already FINISHED under the same parent is skipped and returns the stored
 objective, so re-running an interrupted sweep runs only the missing jobs. Under a sweeper that optimizes
-the returned value (Optuna), a failed or NaN job returns the worst value and the study goes on.
+the returned value (Optuna), a failed or NaN job returns the worst value and the study goes on. A job of an
+Optuna study of ours reports its objective to its trial after every epoch, and stops when the pruner says so.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from nf_trainer.core.first_run import font_cache_chore
 from nf_trainer.core.log_levels import debug_only_ours
 from nf_trainer.sweep.info import config_hash, current_sweep, objective_mode, worst_value
 from nf_trainer.sweep.store import CONFIG_HASH_TAG, PARENT_TAG, finished_child
+from nf_trainer.sweep.study import STUDY_TAG, TRIAL_TAG, TrialReport, current_trial
 from nf_trainer.tracking.factory import open_tracker
 from nf_trainer.tracking.interface import OBJECTIVE
 from nf_trainer.tracking.server import check_before_run, new_local_store
@@ -36,8 +38,11 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     sweep = current_sweep(cfg)
     log.debug("config hash %s; store %s, experiment %s; %s", tags[CONFIG_HASH_TAG], cfg.mlflow.tracking_uri,
               cfg.mlflow.experiment_name, f"in sweep run {sweep.parent_run_id}" if sweep else "a single run")
-    if sweep is None:
-        return run_job(cfg, tags)
+    trial = current_trial()  # in an Optuna study of ours: the trial this job is
+    if trial is not None:
+        tags |= {TRIAL_TAG: str(trial.number), STUDY_TAG: trial.study_name}
+    if sweep is None:  # no sweep, or one without its MLflow parent (hydra.callbacks.mlflow_sweep=null)
+        return run_job(cfg, tags, TrialReport(trial) if trial is not None else None)
 
     mode = objective_mode(cfg)
     if sweep.skip_finished:
@@ -47,8 +52,9 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
             log.info("skipped: run %s (%s) already FINISHED with this config in this sweep; objective %s",
                      done.info.run_id, done.info.run_name, value)
             return value
+    tags[PARENT_TAG] = sweep.parent_run_id
     try:
-        value = run_job(cfg, tags | {PARENT_TAG: sweep.parent_run_id})
+        value = run_job(cfg, tags, TrialReport(trial) if trial is not None else None)
     except Exception as exc:
         if not sweep.keep_going:
             raise
@@ -61,14 +67,14 @@ def run_hydra_job(cfg: DictConfig) -> float | None:
     return value
 
 
-def run_job(cfg: DictConfig, tags: dict[str, str]) -> float | None:
+def run_job(cfg: DictConfig, tags: dict[str, str], report=None) -> float | None:
     announce_new_store(cfg.mlflow.tracking_uri)
     tracker = open_tracker(cfg.mlflow)  # first: MLflow's imports and store open overlap the job's own start
     try:
         with font_cache_chore():
             from nf_trainer.jobs.dispatch import run_job as run_mode  # lazy: torch loads here, after the checks above
 
-        return run_mode(cfg, tracker, tags)
+        return run_mode(cfg, tracker, tags, report)
     finally:
         tracker.close()
 

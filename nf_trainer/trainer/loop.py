@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -23,17 +24,22 @@ from nf_trainer.trainer.state import LoopState, Parts, Settings, checkpoint_payl
 log = logging.getLogger("nf_trainer")
 
 
-def fit(parts: Parts, settings: Settings, state: LoopState, tracker) -> dict[str, float]:
+def fit(parts: Parts, settings: Settings, state: LoopState, tracker,
+        on_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, float]:
     """Train from `state` (a fresh LoopState, or a restored one) to `settings.max_epochs` or an early stop;
-    returns the last epoch's metrics."""
+    returns the last epoch's metrics.
+
+    `on_epoch(epoch, metrics)`, after each epoch's checkpoint: True stops the training there, a complete run
+    (a sweep's pruner, handed down by the job; rank 0 decides)."""
     writer = CheckpointWriter(settings.background_checkpoints)  # written while the next epoch trains
     try:
-        return train_epochs(parts, settings, state, tracker, writer)
+        return train_epochs(parts, settings, state, tracker, writer, on_epoch)
     finally:
         writer.close()  # the last checkpoint is on disk before fit returns or raises
 
 
-def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, writer: CheckpointWriter) -> dict[str, float]:
+def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, writer: CheckpointWriter,
+                 on_epoch: Callable[[int, dict[str, float]], bool] | None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for epoch in range(state.epoch, settings.max_epochs):
         state.stop.raise_if_requested()  # Ctrl-C/SIGTERM came during the last evaluation: its last.pt is written
@@ -64,6 +70,8 @@ def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, wr
             writer.save(checkpoint_payload(parts, settings, state, metrics), settings.out_dir / "last.pt",
                         # the same bytes as last.pt: linked, not serialized again
                         copies=tuple(settings.out_dir / f"best-{stem}.pt" for stem in improved))
+        if on_epoch is not None and rank0_decides(settings.is_main and on_epoch(state.epoch, metrics)):
+            break
         if stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f)",
                      parts.early_stop.key, parts.early_stop.patience, parts.early_stop.best)

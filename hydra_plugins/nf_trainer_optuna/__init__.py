@@ -1,0 +1,1 @@
+"""nf_trainer's Optuna sweeper, found by Hydra in its `hydra_plugins` namespace (hydra/sweeper=nf_optuna)."""
