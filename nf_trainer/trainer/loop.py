@@ -127,6 +127,7 @@ def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker,
             if settings.is_main:
                 payload = checkpoint_payload(parts, settings, state, {}, partial_epoch(parts, loss_sum, seen))
                 writer.save(payload, settings.out_dir / "last.pt")
+                writer.wait()  # inside an epoch on disk at once: what a preempted job (SIGTERM) counts on
             state.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
     parts.guard.check(epoch)  # before anything of this epoch is evaluated or saved
     return results(loss_sum, seen, parts.train_metrics)
