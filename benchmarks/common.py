@@ -113,9 +113,9 @@ def run_timed(cfg) -> float:
 
     fit, timed = train_job.fit, {}
 
-    def timed_fit(parts, settings, state, tracker):
+    def timed_fit(parts, settings, state, tracker, *rest):
         with Timer() as timer:
-            result = fit(parts, settings, state, tracker)
+            result = fit(parts, settings, state, tracker, *rest)
         timed.update(seconds=timer.seconds, images=state.epoch * len(parts.train_loader.dataset))
         return result
 
