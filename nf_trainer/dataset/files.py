@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.decoded_cache import cached_split, check_cache
-from nf_trainer.dataset.images import check_image_file, check_mode, describe_error, load_image
+from nf_trainer.dataset.images import check_image_file, check_mode, load_image, skip_or_raise
 from nf_trainer.dataset.splits import DataSplits, probe_shape
 
 log = logging.getLogger("nf_trainer")
@@ -48,10 +48,8 @@ class ImageFileDataset(Dataset):
         try:
             image = load_image(path, self.mode)
         except Exception as exc:  # any decoder error: the file is bad, not the code
-            if self.on_bad_file == "fail":
-                raise NfTrainerError(f"cannot decode {path}: {describe_error(exc)} (dataset.check=full finds such "
-                                     "files before training; dataset.on_bad_file=skip drops them)") from exc
-            log.warning("skipping %s: %s (dataset.check=full finds such files before training)", path, describe_error(exc))
+            skip_or_raise(exc, path, self.on_bad_file, "dataset.check=full finds such files before training; "
+                          "dataset.on_bad_file=skip drops them", " (dataset.check=full finds such files before training)")
             return None  # collate_valid drops it from the batch
         if self.transform is not None:
             image = self.transform(image)

@@ -8,6 +8,7 @@ torchvision's decoders for JPEG, WebP and GIF (faster than PIL, no PIL round tri
 from __future__ import annotations
 
 import io
+import logging
 import os
 import warnings
 
@@ -104,6 +105,14 @@ def to_channels(image, channels: int):
     if have >= 3:
         return image[..., :3, :, :]
     return image[..., :1, :, :].expand(*image.shape[:-3], 3, *image.shape[-2:])
+
+
+def skip_or_raise(exc: BaseException, what: str, on_bad_file: str, fail_hint: str, skip_note: str = "") -> None:
+    """A file that did not decode: raise with what to change (dataset.on_bad_file=fail), or warn so the caller
+    drops it from its batch (collate_valid)."""
+    if on_bad_file == "fail":
+        raise NfTrainerError(f"cannot decode {what}: {describe_error(exc)} ({fail_hint})") from exc
+    logging.getLogger("nf_trainer").warning("skipping %s: %s%s", what, describe_error(exc), skip_note)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.files import check_options
-from nf_trainer.dataset.images import IMAGE_EXTENSIONS, decode_image_bytes, describe_error
+from nf_trainer.dataset.images import IMAGE_EXTENSIONS, decode_image_bytes, describe_error, skip_or_raise
 from nf_trainer.dataset.splits import DataSplits
 
 log = logging.getLogger("nf_trainer")
@@ -235,10 +235,8 @@ class ShardStream(IterableDataset):
         try:
             image = decode_image_bytes(data, self.mode)
         except Exception as exc:  # any decoder error: the file is bad, not the code
-            if self.on_bad_file == "fail":
-                raise NfTrainerError(f"cannot decode {key} in {url}: {describe_error(exc)} (prepare shards checks files "
-                                     "before writing; dataset.on_bad_file=skip drops such files)") from exc
-            log.warning("skipping %s in %s: %s", key, url, describe_error(exc))
+            skip_or_raise(exc, f"{key} in {url}", self.on_bad_file,
+                          "prepare shards checks files before writing; dataset.on_bad_file=skip drops such files")
             return None  # collate_valid drops it from the batch
         return (self.transform(image) if self.transform is not None else image), label
 
