@@ -14,17 +14,21 @@ from nf_trainer.model.simple_cnn import SimpleCNN
 class FaultyCNN(SimpleCNN):
     """SimpleCNN whose training forward passes go wrong at chosen steps (1-based, counted in this process):
     `nan_at` returns NaN logits, `crash_at` raises RuntimeError, `term_at` sends this process SIGTERM (a
-    pre-emption at a known step)."""
+    pre-emption at a known step); `step_seconds` makes every training step that long at least (so a signal
+    from outside lands inside a step, not in the evaluation)."""
 
-    def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, term_at=None, **kwargs):
+    def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, term_at=None,
+                 step_seconds: float = 0.0, **kwargs):
         super().__init__(num_classes, in_channels, **kwargs)
         self.nan_at, self.crash_at, self.term_at, self.steps = set(nan_at), crash_at, term_at, 0
+        self.step_seconds = step_seconds
 
     def forward(self, x):
         logits = super().forward(x)
         if not self.training:
             return logits
         self.steps += 1
+        time.sleep(self.step_seconds)
         if self.steps == self.crash_at:
             raise RuntimeError(f"simulated crash in forward at training step {self.steps}")
         if self.steps == self.term_at:

@@ -107,8 +107,11 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(referenc
 
 @pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_path):
-    # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal
-    proc = start_main(*SETUP, "trainer.checkpoint_every_n_steps=4", out=tmp_path)
+    # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal; each
+    # training step lasts 0.25 s (the same weights as SimpleCNN), so the signal lands inside the training steps
+    slow_steps = ("trainer.checkpoint_every_n_steps=4", "model._target_=tests.bad_parts.FaultyCNN",
+                  "+model.step_seconds=0.25")
+    proc = start_main(*SETUP, *slow_steps, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["global_step"] >= 8)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM  # 143
@@ -118,7 +121,7 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_
     stopped = last_checkpoint(tmp_path)
     assert stopped["step_in_epoch"] > 0 and stopped["partial_epoch"] is not None  # saved inside an epoch
 
-    run_here(*SETUP, "trainer.checkpoint_every_n_steps=4", f"resume={run.data.tags['output_dir']}", out=tmp_path)
+    run_here(*SETUP, *slow_steps, f"resume={run.data.tags['output_dir']}", out=tmp_path)
     (resumed,) = runs(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert_same_training(tmp_path, reference)  # weights, and the interrupted epoch's train metrics too
