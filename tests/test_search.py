@@ -16,6 +16,7 @@ import pytest
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep import study as studies
 from nf_trainer.sweep.search_space import parse_space
+from tests import postgres
 from tests.conftest import MAIN, MLFLOW_ENV, client, metric_history, run_main, runs, with_defaults
 
 State = optuna.trial.TrialState
@@ -29,9 +30,10 @@ def storage(out: Path) -> str:
     return f"sqlite:///{out}/optuna.db"
 
 
-def only_study(out: Path):
-    (summary,) = optuna.get_all_study_summaries(storage(out))
-    return optuna.load_study(study_name=summary.study_name, storage=storage(out))
+def only_study(out: Path, url: str | None = None):
+    url = url or storage(out)
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url)
 
 
 # --- in process ------------------------------------------------------------------------------------------------
@@ -109,12 +111,12 @@ def wait_for(condition, process: subprocess.Popen, log: Path, timeout: float = 3
         time.sleep(0.2)
 
 
-def trials_in(out: Path, *states) -> list:
+def trials_in(out: Path, *states, url: str | None = None) -> list:
     """The study's trials in those states; none until the sweep has made the study and its MLflow run (opening
     the storage while the sweep creates its tables would race it)."""
     if not list(out.glob("multirun/*/*/mlflow_sweep.json")):
         return []
-    return [t for t in only_study(out).trials if t.state in states]
+    return [t for t in only_study(out, url).trials if t.state in states]
 
 
 def param_sets(trials) -> list[tuple]:
@@ -158,20 +160,33 @@ def test_a_killed_study_resumes_to_its_total_without_repeating_a_trial(out):
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # the killed trial's run: KILLED
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_storage(request, out):
+    """The study's storage URL: sqlite in the output root, or a team's PostgreSQL server on loopback."""
+    if request.param == "sqlite":
+        yield storage(out)
+        return
+    with postgres.database("optuna") as url:
+        if url is None:
+            pytest.skip("PostgreSQL is not installed here (.ci/run installs Debian's postgresql)")
+        yield url.replace("postgresql://", "postgresql+psycopg://")
+
+
 @pytest.mark.slow
-def test_two_processes_share_one_study(out):
-    """Two sweeps of the same command on one sqlite study: 4 trials between them, each number once, values never
-    drawn twice, both processes at work, one MLflow parent."""
-    cmd = sweep_command(out, "hydra.sweeper.n_trials=4", "optimizer=adam", "hydra/sweeper/pruner=none", "trainer.max_epochs=2")
+def test_two_processes_share_one_study(out, shared_storage):
+    """Two sweeps of the same command on one study (sqlite, PostgreSQL): 4 trials between them, each number once,
+    values never drawn twice, both processes at work, one MLflow parent."""
+    cmd = sweep_command(out, "hydra.sweeper.n_trials=4", "optimizer=adam", "hydra/sweeper/pruner=none", "trainer.max_epochs=2",
+                        f"hydra.sweeper.storage={shared_storage}")
     logs = [out.parent / "a.log", out.parent / "b.log"]
     with open(logs[0], "w") as a_log, open(logs[1], "w") as b_log:
         a = subprocess.Popen(cmd, cwd=MAIN.parent, stdout=a_log, stderr=subprocess.STDOUT, env=environment())
         # the second worker joins once the first made the study and the sweep's run (as a colleague would)
-        wait_for(lambda: len(trials_in(out, State.RUNNING, State.COMPLETE)) >= 1, a, logs[0])
+        wait_for(lambda: len(trials_in(out, State.RUNNING, State.COMPLETE, url=shared_storage)) >= 1, a, logs[0])
         b = subprocess.Popen(cmd, cwd=MAIN.parent, stdout=b_log, stderr=subprocess.STDOUT, env=environment())
         assert a.wait(timeout=600) == 0, logs[0].read_text()[-3000:]
         assert b.wait(timeout=600) == 0, logs[1].read_text()[-3000:]
-    study = only_study(out)
+    study = only_study(out, shared_storage)
     complete = [t for t in study.trials if t.state == State.COMPLETE]
     assert len(complete) == 4 and len({t.number for t in complete}) == 4
     assert len(set(param_sets(complete))) == 4

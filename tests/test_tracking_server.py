@@ -1,16 +1,11 @@
 """Tracking at scale: one real team server for the module (PostgreSQL behind `mlflow server`, on loopback),
 a sweep that logs everything to it over HTTP, fast one-line failures for a wrong server, system metrics,
 and the UI helper."""
-import glob
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -18,13 +13,9 @@ import requests
 from mlflow import MlflowClient
 
 from nf_trainer.cli.ui import main as ui_command
+from tests import postgres
 from tests.conftest import ROOT, fails_in_one_line, run_main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.postgres import free_port
 
 
 def start(cmd, log, cwd=ROOT) -> subprocess.Popen:
@@ -54,40 +45,12 @@ def wait_until_up(url: str, proc: subprocess.Popen, log, path: str = "/health", 
     raise AssertionError(f"{url} did not come up in {timeout} s:\n{open(log).read()[-3000:]}")
 
 
-def as_postgres(*cmd: str) -> list[str]:
-    # PostgreSQL refuses to run as root: run its tools as the 'postgres' user Debian's package creates.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
-
-
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
     """A PostgreSQL database on loopback, the backend of a team server; sqlite where PostgreSQL is not installed
     (.ci/run installs Debian's postgresql), and then the PostgreSQL checks skip."""
-    initdb = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
-    try:
-        import psycopg  # noqa: F401  (pip install -e '.[dev]' brings it)
-    except ImportError:
-        initdb = None
-    if initdb is None:
-        yield f"sqlite:///{tmp_path_factory.mktemp('server')}/server.db"
-        return
-    bindir = Path(initdb).resolve().parent
-    home = Path(tempfile.mkdtemp(prefix="nf_pg_"))
-    home.chmod(0o755)
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres", "postgres")
-    data, port = home / "data", free_port()
-    subprocess.run(as_postgres(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "pg.log"), "-o",
-                               f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"), check=True, capture_output=True)
-    try:
-        subprocess.run(as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"),
-                       check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run(as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+    with postgres.database("mlflow") as url:
+        yield url or f"sqlite:///{tmp_path_factory.mktemp('server')}/server.db"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ class OptunaSweeperConf:
     pruner: Any = MISSING
     direction: Optional[str] = None  # minimize | maximize; None: as objective.mode says
     storage: Optional[str] = None  # None: sqlite:///<paths.output_root>/optuna.db; postgresql+psycopg://...; journal:PATH
-    study_name: Optional[str] = None  # None: nf_trainer-<the sweep's key> (config, overrides, space, code)
+    study_name: Optional[str] = None  # None: nf_trainer-<the sweep's key> (config, overrides, space)
     n_trials: int = 20  # the study's total, over re-runs and parallel processes
     n_jobs: int = 1  # trials launched at a time (run in parallel by hydra/launcher=joblib or submitit)
     params: Optional[Dict[str, Any]] = None  # the search space: key -> interval(...), tag(log, ...), range(...), choice(...)

@@ -27,7 +27,6 @@ from nf_trainer.sweep import study as studies
 from nf_trainer.sweep.info import objective_mode, read_sweep, sweep_key, task_overrides
 from nf_trainer.sweep.search_space import Space, parse_space
 from nf_trainer.sweep.store import children
-from nf_trainer.tracking.git import git_info
 
 log = logging.getLogger("nf_trainer")
 
@@ -51,7 +50,9 @@ class Plan:
             raise NfTrainerError("the search space is empty: give hydra.sweeper.params (conf/hparams_search/optuna.yaml) "
                                  "or a sweep on the command line, e.g. 'optimizer.lr=tag(log, interval(1e-4, 1e-1))'")
         storage = str(sweeper.storage or f"sqlite:///{Path(str(config.paths.output_root)).resolve()}/optuna.db")
-        name = str(sweeper.study_name or f"nf_trainer-{sweep_key(config, git_info())}")
+        # the code is left out of the name: workers on other machines (another checkout, a local diff) and a rerun
+        # after a fix join the same study; each trial's MLflow run records its own commit
+        name = str(sweeper.study_name or f"nf_trainer-{sweep_key(config, git={})}")
         n_trials = int(sweeper.n_trials)
         if n_trials < 1 or int(sweeper.n_jobs) < 1:
             raise NfTrainerError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={sweeper.n_jobs} must be >= 1")
