@@ -112,7 +112,7 @@ def test_batched_metric_updates_give_the_same_values():
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
     direct = MetricCollection({"acc": MulticlassAccuracy(5, average="micro"), "f1": MulticlassF1Score(5, average="macro")})
-    batched = BatchedUpdates(direct.clone(), every=4)
+    batched = BatchedUpdates(direct.clone(), max_elements=4 * 8 * 5)  # a flush every 4 batches
     generator = torch.Generator().manual_seed(0)
     for size in [8] * 9 + [3]:  # a short last batch, and batches still waiting at compute()
         logits, labels = torch.randn(size, 5, generator=generator), torch.randint(5, (size,), generator=generator)

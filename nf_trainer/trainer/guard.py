@@ -17,42 +17,44 @@ class NonFiniteLoss(NfTrainerError):
 class NonFiniteGuard:
     """Watches the training loss for NaN/Inf.
 
-    `stop` (default): records the first bad step on the device (no host sync per step); `check()`, called on
-    logging steps and before every checkpoint, raises so a checkpoint never holds NaN weights.
+    `stop` (default): keeps each step's loss tensor, unread (no kernel, no host sync per step); `check()`, called
+    on logging steps and before every checkpoint, looks at those kept since the last check in one sync and
+    raises with the first bad step, so a checkpoint never holds NaN weights.
     `skip`: drops the batch whose loss is not finite (no backward, no optimizer step) and goes on; deciding
     that costs one host sync per step, as AMP's GradScaler does.
     """
 
     def __init__(self, mode: str = "stop", last_checkpoint: Path | None = None):
         self.mode, self.last_checkpoint = mode, last_checkpoint
-        self.first_bad: torch.Tensor | None = None  # global step of the first bad loss, on the device; -1: none
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (global step, its loss) since the last check
         self.skipped = 0
 
     def keep(self, loss: torch.Tensor, epoch: int, step: int) -> bool:
         """Whether to train on this step's loss (False only for a non-finite loss in `skip` mode)."""
-        bad = ~torch.isfinite(loss.detach())
         if self.mode == "skip":
-            if bad.item():
+            if not torch.isfinite(loss.detach()).item():
                 self.skipped += 1
                 log.warning("non-finite loss (%s) at epoch %d, step %d: batch skipped (trainer.nonfinite=skip)",
                             loss.item(), epoch + 1, step)
                 return False
             return True
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+        self.pending.append((step, loss.detach()))
         return True
 
     def check(self, epoch: int) -> None:
-        """Raise NonFiniteLoss if a loss was not finite (one host sync). Called at least once per epoch, before its
-        checkpoint, so the bad step lies in the current `epoch`."""
-        step = -1 if self.first_bad is None else int(self.first_bad.item())
-        if step >= 0:
+        """Raise NonFiniteLoss if a loss kept since the last check was not finite (one host sync). Called at least
+        once per epoch, before its checkpoint, so the bad step lies in the current `epoch`."""
+        if not self.pending:
+            return
+        steps, losses = zip(*self.pending)
+        self.pending = []
+        bad = (~torch.isfinite(torch.stack(losses))).nonzero()  # the sync
+        if len(bad):
             last = self.last_checkpoint
             kept = f"{last} is kept" if last is not None and last.exists() else "no checkpoint was written in this run"
             raise NonFiniteLoss(
-                f"non-finite training loss (NaN or Inf) at epoch {epoch + 1}, step {step}: stopped before saving "
-                f"({kept}). Lower optimizer.lr, check the data, or set trainer.nonfinite=skip")
+                f"non-finite training loss (NaN or Inf) at epoch {epoch + 1}, step {steps[int(bad[0])]}: stopped "
+                f"before saving ({kept}). Lower optimizer.lr, check the data, or set trainer.nonfinite=skip")
 
 
 def check_labels(data) -> None:
