@@ -23,14 +23,14 @@ from common import ROOT, Timer, parser
 TRIALS, EPOCHS = 16, 6
 
 
-def study(pruner: str, seed: int, out: Path) -> tuple[int, float, float]:
+def study(pruner: str, seed: int, out: Path, *overrides: str) -> tuple[int, float, float]:
     """(epochs used, best value, seconds) of one study."""
     import optuna
 
     cmd = [sys.executable, str(ROOT / "main.py"), "hparams_search=optuna", f"hydra.sweeper.n_trials={TRIALS}",
            f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.sampler.seed={seed}", f"trainer.max_epochs={EPOCHS}",
            "trainer.early_stopping.enabled=false", "trainer.progress_bar=false", "mlflow.log_model=false", "export=[]",
-           "mlflow.log_checkpoints=none", f"paths.output_root={out}"]
+           "mlflow.log_checkpoints=none", f"paths.output_root={out}", *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     with Timer() as timer:
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
@@ -45,14 +45,17 @@ def study(pruner: str, seed: int, out: Path) -> tuple[int, float, float]:
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0], repeats=1)
     p.add_argument("--pruner", default="median", help="B's pruner (hydra/sweeper/pruner=...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for B only, e.g. hydra.sweeper.pruner.n_warmup_steps=1 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="*", help="sampler seeds (default: 0 .. repeats-1)")
     args = p.parse_args()
     ratios, gaps = [], []
-    for seed in range(args.repeats):
+    for seed in args.seeds or range(args.repeats):
         sides = {}
         order = [("A", "none"), ("B", args.pruner)]
         for label, pruner in order if seed % 2 == 0 else order[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                sides[label] = study(pruner, seed, Path(tmp))
+                sides[label] = study(pruner, seed, Path(tmp), *(args.set if label == "B" else []))
             epochs, best, seconds = sides[label]
             print(f"seed {seed} {label} (pruner {pruner}): {epochs} epochs, best val f1 {best:.4f}, {seconds:.0f} s", flush=True)
         ratios.append(sides["B"][0] / sides["A"][0])

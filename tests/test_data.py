@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import client, fails_in_one_line, metric_history, only_run, run_here, runs
 from tests.data_files import digit_images, make_image_folder, write_csv
+from tests.test_gpu_decode import folder_with_a_damaged_file
 
 FAST = ("trainer.max_epochs=2", "loader.batch_size=32", "trainer.early_stopping.enabled=false")
 
@@ -122,3 +123,15 @@ def test_mnist_reads_torchvision_files_offline(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["data.train_size"] == "300" and run.data.params["data.mnist.size"] == "50"
     assert run.data.params["data.in_channels"] == "1" and run.data.params["data.num_classes"] == "10"
+
+
+def test_a_file_that_fails_to_decode_in_a_loader_worker_is_counted_once(tmp_path):
+    # passes the quick header check, so only decoding in the worker, every epoch, finds it
+    root = folder_with_a_damaged_file(tmp_path)
+    out = tmp_path / "out"
+    run_here("dataset=image_folder", f"dataset.root={root}", "dataset.mode=L", "transforms=digits",
+             "loader.num_workers=1", *FAST, out=out)
+    run = only_run(out)
+    assert run.info.status == "FINISHED" and run.data.metrics["data/bad_files"] == 1
+    listing = Path(client(out).download_artifacts(run.info.run_id, "data/bad_files.tsv")).read_text().splitlines()
+    assert [line.split("\t")[0] for line in listing[1:]] == [str(root / "4" / "damaged.png")]

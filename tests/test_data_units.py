@@ -71,8 +71,9 @@ def test_a_file_that_fails_to_decode_is_dropped_from_its_batch_or_fails(tmp_path
     assert check_image_file(tmp_path / "damaged.png") is None and check_image_file(tmp_path / "damaged.png", full=True)
     samples = [(str(tmp_path / "ok.png"), 0), (str(tmp_path / "damaged.png"), 1)]
     skip = ImageFileDataset(samples, mode="L")
-    images, labels = collate_valid([skip[0], skip[1]])
-    assert images.shape == (1, 1, 8, 8) and labels.tolist() == [0]  # the damaged one is left out
+    images, labels, bad = collate_valid([skip[0], skip[1]])
+    assert images.shape == (1, 1, 8, 8) and labels.tolist() == [0]  # the damaged one is left out, and handed on
+    assert [path for path, _ in bad] == [str(tmp_path / "damaged.png")] and bad[0][1]
     with pytest.raises(NfTrainerError, match="cannot decode .*damaged.png"):
         ImageFileDataset(samples, mode="L", on_bad_file="fail")[1]
 

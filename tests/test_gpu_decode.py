@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from nf_trainer.dataset.files import collate_valid
+from nf_trainer.dataset.files import CountBadFiles, collate_valid
 from nf_trainer.dataset.gpu_decode import DecodedOnDevice, EncodedFiles, collate_encoded, decode_batch
 from nf_trainer.dataset.image_folder import image_folder
 from nf_trainer.dataset.images import load_image
@@ -38,19 +38,20 @@ def test_byte_batches_decode_to_what_load_image_reads_and_bad_files_give_a_reaso
     assert isinstance(decoded[-1], str)  # the damaged PNG: a reason, not an image
 
 
-def test_decoded_batches_match_the_cpu_loader_and_each_bad_file_is_counted_once(tmp_path):
+def test_decoded_batches_match_the_cpu_loader_and_each_bad_file_is_counted_once_on_both(tmp_path):
     root = folder_with_a_damaged_file(tmp_path)
     eval_tf = build_pipeline(compose_cfg("transforms=digits").transforms.eval)
     files = image_folder(str(root), mode="L", check="full", train_transform=eval_tf).train
     files.samples.insert(3, (str(root / "4" / "damaged.png"), 4))  # as if the quick check had let it through
-    plain = DataLoader(files, batch_size=8, collate_fn=collate_valid)
+    plain_bad = []  # the CPU loader's, decoding in a worker process
+    plain = CountBadFiles(DataLoader(files, batch_size=8, collate_fn=collate_valid, num_workers=1), plain_bad)
     bytes_loader = DataLoader(EncodedFiles(files), batch_size=8, collate_fn=collate_encoded)
     bad_files = []
     on_device = DecodedOnDevice(bytes_loader, files, CPU, files.transform, None, bad_files)
     for _ in range(2):  # two epochs meet the bad file: it counts once
         for (x, y), (xp, yp) in zip(on_device, plain, strict=True):
             assert torch.equal(x, xp) and torch.equal(y, yp)
-    assert [path for path, _ in bad_files] == [str(root / "4" / "damaged.png")]
+    assert [path for path, _ in bad_files] == [path for path, _ in plain_bad] == [str(root / "4" / "damaged.png")]
 
 
 def test_decode_gpu_without_cuda_fails_in_one_line_before_the_run(tmp_path, out):

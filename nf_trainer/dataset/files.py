@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.decoded_cache import cached_split, check_cache
-from nf_trainer.dataset.images import check_image_file, check_mode, load_image, skip_or_raise
+from nf_trainer.dataset.images import BadFile, check_image_file, check_mode, load_image, skip_or_raise
 from nf_trainer.dataset.splits import DataSplits, probe_shape
 
 log = logging.getLogger("nf_trainer")
@@ -48,9 +48,9 @@ class ImageFileDataset(Dataset):
         try:
             image = load_image(path, self.mode)
         except Exception as exc:  # any decoder error: the file is bad, not the code
-            skip_or_raise(exc, path, self.on_bad_file, "dataset.check=full finds such files before training; "
-                          "dataset.on_bad_file=skip drops them", " (dataset.check=full finds such files before training)")
-            return None  # collate_valid drops it from the batch
+            return skip_or_raise(exc, path, self.on_bad_file,  # collate_valid drops it from the batch
+                                 "dataset.check=full finds such files before training; dataset.on_bad_file=skip drops "
+                                 "them", " (dataset.check=full finds such files before training)")
         if self.transform is not None:
             image = self.transform(image)
         return image, label
@@ -66,18 +66,46 @@ class ImageFileDataset(Dataset):
 
 
 def collate_valid(batch):
-    """default_collate over the samples that loaded (an unreadable file gives None)."""
-    kept = [sample for sample in batch if sample is not None]
+    """(images, targets, bad files) of a batch: default_collate over the samples that loaded, and the (path,
+    reason) of those that did not (a BadFile in their place), for `CountBadFiles` in the main process."""
+    kept = [sample for sample in batch if not isinstance(sample, BadFile)]
+    bad = [tuple(sample) for sample in batch if isinstance(sample, BadFile)]
     if not kept:
         raise NfTrainerError("no image of a batch could be decoded; run with dataset.check=full to find the bad "
                              "files before training")
     try:
-        return default_collate(kept)
+        return (*default_collate(kept), bad)
     except RuntimeError as exc:
         if "stack expects each tensor to be equal size" not in str(exc):
             raise
         raise NfTrainerError(f"images of different sizes in one batch ({' '.join(str(exc).split())}): the transforms "
                              "must resize, e.g. transforms=imagenet transforms.image_size=224") from exc
+
+
+class CountBadFiles:
+    """A DataLoader over `collate_valid` batches that yields (images, targets) and adds each file a batch left out
+    to `bad_files` once (a bad train file fails again every epoch). len, sampler, dataset and batch_size are the
+    wrapped loader's."""
+
+    def __init__(self, loader, bad_files: list):
+        self.loader, self.bad_files = loader, bad_files
+        self.counted = {path for path, _ in bad_files}
+
+    def __iter__(self):
+        for images, targets, bad in self.loader:
+            for path, reason in bad:
+                if path not in self.counted:
+                    self.counted.add(path)
+                    self.bad_files.append((path, reason))
+            yield images, targets
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        if name in ("loader", "bad_files", "counted"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
 
 def check_options(mode: str, on_bad_file: str, check: str) -> None:

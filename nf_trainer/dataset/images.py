@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -107,12 +108,20 @@ def to_channels(image, channels: int):
     return image[..., :1, :, :].expand(*image.shape[:-3], 3, *image.shape[-2:])
 
 
-def skip_or_raise(exc: BaseException, what: str, on_bad_file: str, fail_hint: str, skip_note: str = "") -> None:
-    """A file that did not decode: raise with what to change (dataset.on_bad_file=fail), or warn so the caller
-    drops it from its batch (collate_valid)."""
+class BadFile(NamedTuple):
+    """What a dataset returns for a sample whose file did not decode: collate_valid drops it from its batch and
+    hands it on, so the main process counts it (`data/bad_files`), workers or not."""
+    path: str
+    reason: str
+
+
+def skip_or_raise(exc: BaseException, what: str, on_bad_file: str, fail_hint: str, skip_note: str = "") -> BadFile:
+    """A file that did not decode: raise with what to change (dataset.on_bad_file=fail), or warn and return the
+    BadFile the dataset returns in the sample's place."""
     if on_bad_file == "fail":
         raise NfTrainerError(f"cannot decode {what}: {describe_error(exc)} ({fail_hint})") from exc
     logging.getLogger("nf_trainer").warning("skipping %s: %s%s", what, describe_error(exc), skip_note)
+    return BadFile(str(what), describe_error(exc))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
-from nf_trainer.dataset.files import ImageFileDataset, collate_valid
+from nf_trainer.dataset.files import CountBadFiles, ImageFileDataset, collate_valid
 from nf_trainer.dataset.gpu_decode import DecodedOnDevice, EncodedFiles, collate_encoded, resolve_decode
 from nf_trainer.dataset.shards import ShardStream, shard_loader
 from nf_trainer.dataset.splits import DataSplits, class_balanced_sampler
@@ -49,7 +49,7 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
-        collate_fn=collate_valid,  # drops a sample whose file failed to decode
+        collate_fn=collate_valid,  # drops a sample whose file failed to decode; CountBadFiles counts it
     )
     generator = torch.Generator()
 
@@ -69,8 +69,8 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
 
     def loader(dataset, batch_size: int, train: bool):
         if isinstance(dataset, ShardStream):
-            shards = shard_loader(dataset, batch_size, world_size, rank, lc.drop_last and train,
-                                  generator=generator if train else None, **common)
+            shards = CountBadFiles(shard_loader(dataset, batch_size, world_size, rank, lc.drop_last and train,
+                                                generator=generator if train else None, **common), splits.bad_files)
             return OnDevice(shards, device, device_tf) if device_tf is not None else shards
         options = dict(sampler=sampler if train else shard(dataset, False), drop_last=lc.drop_last and train,
                        shuffle=lc.shuffle and train and sampler is None)
@@ -83,7 +83,8 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
             files = DataLoader(EncodedFiles(dataset), batch_size=batch_size, generator=generator if train else None,
                                **options, **(common | {"collate_fn": collate_encoded}))
             return DecodedOnDevice(files, dataset, device, dataset.transform, device_tf, splits.bad_files)
-        loader = DataLoader(dataset, batch_size=batch_size, generator=generator if train else None, **options, **common)
+        loader = CountBadFiles(DataLoader(dataset, batch_size=batch_size, generator=generator if train else None,
+                                          **options, **common), splits.bad_files)
         return OnDevice(loader, device, device_tf) if device_tf is not None else loader
 
     loaders = {"train": loader(splits.train, lc.batch_size, True)}

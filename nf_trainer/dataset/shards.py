@@ -235,9 +235,8 @@ class ShardStream(IterableDataset):
         try:
             image = decode_image_bytes(data, self.mode)
         except Exception as exc:  # any decoder error: the file is bad, not the code
-            skip_or_raise(exc, f"{key} in {url}", self.on_bad_file,
-                          "prepare shards checks files before writing; dataset.on_bad_file=skip drops such files")
-            return None  # collate_valid drops it from the batch
+            return skip_or_raise(exc, f"{key} in {url}", self.on_bad_file,  # collate_valid drops it from the batch
+                                 "prepare shards checks files before writing; dataset.on_bad_file=skip drops such files")
         return (self.transform(image) if self.transform is not None else image), label
 
 

@@ -71,7 +71,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
         bad_before = len(data.splits.bad_files)
         fit(parts, settings, state, tracker, (lambda epoch, metrics: report(epoch, metrics[objective_key])) if report else None)
-        if ddp.is_main and len(data.splits.bad_files) > bad_before:  # found while decoding batches (loader.decode=gpu)
+        if ddp.is_main and len(data.splits.bad_files) > bad_before:  # files that failed to decode in a batch
             record_bad_files(tracker, data.splits, out_dir, step=state.epoch)
         best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
         checkpoint = finish_training(parts, settings, cfg, data.splits.classes, tracker)
