@@ -7,6 +7,7 @@ fails to decode (corruption in the middle of the data) is dropped from its batch
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset, default_collate
 
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.core.loader_view import LoaderView
 from nf_trainer.dataset.decoded_cache import cached_split, check_cache
 from nf_trainer.dataset.images import BadFile, check_image_file, check_mode, load_image, skip_or_raise
 from nf_trainer.dataset.splits import DataSplits, probe_shape
@@ -70,11 +72,18 @@ def collate_valid(batch):
     reason) of those that did not (a BadFile in their place), for `CountBadFiles` in the main process."""
     kept = [sample for sample in batch if not isinstance(sample, BadFile)]
     bad = [tuple(sample) for sample in batch if isinstance(sample, BadFile)]
+    with batch_errors(kept):
+        return (*default_collate(kept), bad)
+
+
+@contextlib.contextmanager
+def batch_errors(kept: list):
+    """One line for a batch of which no image decoded, or whose images differ in size (not resized)."""
     if not kept:
         raise NfTrainerError("no image of a batch could be decoded; run with dataset.check=full to find the bad "
                              "files before training")
     try:
-        return (*default_collate(kept), bad)
+        yield
     except RuntimeError as exc:
         if "stack expects each tensor to be equal size" not in str(exc):
             raise
@@ -82,30 +91,34 @@ def collate_valid(batch):
                              "must resize, e.g. transforms=imagenet transforms.image_size=224") from exc
 
 
-class CountBadFiles:
-    """A DataLoader over `collate_valid` batches that yields (images, targets) and adds each file a batch left out
-    to `bad_files` once (a bad train file fails again every epoch). len, sampler, dataset and batch_size are the
-    wrapped loader's."""
+class BadFileCount:
+    """Adds each bad file to `bad_files` (the split's list, logged as data/bad_files) once, however many epochs
+    meet it."""
+
+    def __init__(self, bad_files: list):
+        self.bad_files, self.counted = bad_files, {path for path, _ in bad_files}
+
+    def add(self, path: str, reason: str) -> bool:
+        """Whether the file is new to the count."""
+        if path in self.counted:
+            return False
+        self.counted.add(path)
+        self.bad_files.append((path, reason))
+        return True
+
+
+class CountBadFiles(LoaderView):
+    """A DataLoader over `collate_valid` batches that yields (images, targets) and counts the files they left out."""
 
     def __init__(self, loader, bad_files: list):
-        self.loader, self.bad_files = loader, bad_files
-        self.counted = {path for path, _ in bad_files}
+        super().__init__(loader)
+        self.count = BadFileCount(bad_files)
 
     def __iter__(self):
         for images, targets, bad in self.loader:
             for path, reason in bad:
-                if path not in self.counted:
-                    self.counted.add(path)
-                    self.bad_files.append((path, reason))
+                self.count.add(path, reason)
             yield images, targets
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str):
-        if name in ("loader", "bad_files", "counted"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.loader, name)
 
 
 def check_options(mode: str, on_bad_file: str, check: str) -> None:

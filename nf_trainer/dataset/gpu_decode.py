@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.dataset.files import ImageFileDataset
+from nf_trainer.core.loader_view import LoaderView
+from nf_trainer.dataset.files import BadFileCount, ImageFileDataset, batch_errors
 from nf_trainer.dataset.images import CHANNELS, decode_image_bytes, describe_error, image_format, to_channels
 
 log = logging.getLogger("nf_trainer")
@@ -86,14 +87,14 @@ def decode_batch(encoded: list, mode: str, device: torch.device) -> list:
     return out
 
 
-class DecodedOnDevice:
+class DecodedOnDevice(LoaderView):
     """A DataLoader of `EncodedFiles` whose batches arrive decoded and transformed on `device`."""
 
     def __init__(self, loader, files: ImageFileDataset, device: torch.device, transform, batch_transform,
                  bad_files: list):
-        self.loader, self.files, self.device = loader, files, device
-        self.transform, self.batch_transform, self.bad_files = transform, batch_transform, bad_files
-        self.counted = {path for path, _ in bad_files}
+        super().__init__(loader)
+        self.files, self.device, self.transform, self.batch_transform = files, device, transform, batch_transform
+        self.count = BadFileCount(bad_files)
 
     def __iter__(self):
         for encoded, labels, indices in self.loader:
@@ -104,14 +105,8 @@ class DecodedOnDevice:
                     continue
                 images.append(self.transform(image) if self.transform is not None else image)
                 keep.append(k)
-            if not images:
-                raise NfTrainerError("no image of a batch could be decoded; run with dataset.check=full to find the bad "
-                                     "files before training")
-            try:
+            with batch_errors(images):
                 batch = torch.stack(images)
-            except RuntimeError as exc:
-                raise NfTrainerError(f"images of different sizes in one batch ({' '.join(str(exc).split())}): the "
-                                     "transforms must resize, e.g. transforms=imagenet transforms.image_size=224") from exc
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch)
             yield batch, labels[keep] if len(keep) < len(labels) else labels
@@ -120,15 +115,5 @@ class DecodedOnDevice:
         if self.files.on_bad_file == "fail":
             raise NfTrainerError(f"cannot decode {path}: {reason} (dataset.check=full finds such files before training; "
                                  "dataset.on_bad_file=skip drops them)")
-        if path not in self.counted:  # once per file, however many epochs meet it
-            self.counted.add(path)
-            self.bad_files.append((path, reason))
+        if self.count.add(path, reason):  # warned once per file, however many epochs meet it
             log.warning("skipping %s: %s (dataset.check=full finds such files before training)", path, reason)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str):
-        if name in ("loader", "files", "device"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.loader, name)

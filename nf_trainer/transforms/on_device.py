@@ -6,22 +6,16 @@ bus and the CPU does no per-pixel float work. Targets stay on the host, as every
 """
 from __future__ import annotations
 
+from nf_trainer.core.loader_view import LoaderView
 
-class OnDevice:
-    """A DataLoader whose image batches arrive on `device`, transformed by `transform`. Everything else
-    (len, sampler, dataset, batch_size) is the wrapped loader's."""
+
+class OnDevice(LoaderView):
+    """A DataLoader whose image batches arrive on `device`, transformed by `transform`."""
 
     def __init__(self, loader, device, transform):
-        self.loader, self.device, self.transform = loader, device, transform
+        super().__init__(loader)
+        self.device, self.transform = device, transform
 
     def __iter__(self):
         for images, targets in self.loader:
             yield self.transform(images.to(self.device, non_blocking=True)), targets
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str):
-        if name in ("loader", "device", "transform"):  # not set yet (copy, unpickling)
-            raise AttributeError(name)
-        return getattr(self.loader, name)
