@@ -106,6 +106,12 @@ def test_an_interval_is_not_a_grid():
         parse_space(["optimizer.lr=interval(0.1, 0.2)"]).grid()
 
 
+def test_a_sqlite_study_in_a_new_folder_is_created_there(tmp_path):
+    url = f"sqlite:///{tmp_path}/new/output_root/optuna.db"  # a paths.output_root that does not exist yet
+    optuna.create_study(storage=studies.open_storage(url), study_name="s")
+    assert (tmp_path / "new" / "output_root" / "optuna.db").is_file()
+
+
 def test_interrupted_trials_are_failed_and_do_not_count(tmp_path):
     """A trial whose process on this machine is gone is marked FAIL and leaves room for another; a trial whose
     job failed counts; one running in a live process is left alone."""

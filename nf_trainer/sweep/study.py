@@ -65,9 +65,17 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             path = Path(url.removeprefix(JOURNAL)).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):  # a new paths.output_root: sqlite makes the file, not its folder
+            from sqlalchemy.engine import make_url
+
+            database = make_url(url).database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period)
+        with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9; we rely on it
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period)
     except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError, ImportError) as exc:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
         raise NfTrainerError(f"the Optuna storage {safe_url(url)} cannot be opened ({reason}): {fix}") from None
