@@ -200,7 +200,7 @@ def bare_out(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory, worker_id):
-    """`python main.py` with defaults (simple_cnn on digits, 25 epochs, the model logged): (out, run, its CompletedProcess). Once
+    """`python main.py` with defaults (simple_cnn on digits, 20 epochs, the model logged): (out, run, its CompletedProcess). Once
     per session, whatever the number of pytest-xdist workers: the first to get here runs it, the others wait."""
     base = tmp_path_factory.getbasetemp()
     root = base if worker_id == "master" else base.parent  # the session's folder, shared by its workers

@@ -55,7 +55,7 @@ def test_each_core_default_lives_in_the_schema_only():
             defaults = schema if not package else schema[package.rstrip(".")]
             found += [f"{path.relative_to(ROOT)}: {key}" for key in repeats(node, defaults, package)]
     assert not found, found
-    assert compose_cfg().trainer.max_epochs == Config().trainer.max_epochs == 25
+    assert compose_cfg().trainer.max_epochs == Config().trainer.max_epochs == 20
 
 
 def test_team_server_option_points_at_a_server_and_keeps_the_other_defaults():

@@ -28,13 +28,14 @@ def test_torchrun_two_ranks_match_a_single_process_run(default_run, tmp_path):
     (run,) = runs(ddp)  # rank 1 logs nothing
     assert run.info.status == "FINISHED" and run.data.params["trainer.world_size"] == "2"
     assert run.data.params["data.train_size"] == "1437"
-    assert [m.step for m in metric_history(ddp, run.info.run_id, "val/digits/accuracy")] == list(range(1, 26))
+    assert [m.step for m in metric_history(ddp, run.info.run_id, "val/digits/accuracy")] == list(range(1, 21))
     run_dirs = sorted(p.parent for p in (ddp / "runs").rglob("last.pt"))
     assert run_dirs == [Path(run.data.tags["output_dir"])]  # one set of checkpoints
     assert {p.name for p in run_dirs[0].glob("*.pt")} == {"last.pt", "best-f1.pt", "best-loss.pt"}
 
     final = lambda out, r: metric_history(out, r.info.run_id, "val/digits/accuracy")[-1].value
-    assert abs(final(ddp, run) - final(single, reference)) <= 0.01
+    # not bitwise: each rank draws its own augmentation; within 7 of the 360 val images of the single process
+    assert abs(final(ddp, run) - final(single, reference)) <= 0.02
 
 
 def test_submitit_local_sweep_gives_one_parent_and_two_children(out):

@@ -7,7 +7,7 @@ from nf_trainer.core.errors import NfTrainerError
 from tests.conftest import client, fails_in_one_line, metric_history, only_run, run_here, runs
 
 
-@pytest.mark.slow  # python main.py itself, 25 epochs
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_reaches_target_accuracy(default_run):
     out, run, _ = default_run
     assert run.info.status == "FINISHED"
@@ -15,13 +15,13 @@ def test_default_run_reaches_target_accuracy(default_run):
     assert best_acc >= 0.97
 
 
-@pytest.mark.slow  # python main.py itself, 25 epochs
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     out, run, _ = default_run
     params, tags = run.data.params, run.data.tags
     assert params["model._target_"] == "nf_trainer.model.simple_cnn.SimpleCNN"
     assert params["optimizer._target_"] == "torch.optim.AdamW" and params["optimizer.lr"] == "0.003"
-    assert params["trainer.max_epochs"] == "25" and params["data.num_classes"] == "10"
+    assert params["trainer.max_epochs"] == "20" and params["data.num_classes"] == "10"
     assert params["data.train_size"] == "1437" and params["data.digits.size"] == "360"
     assert run.info.run_name == "simple_cnn-adamw-lr0.003"
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("True", "False")
@@ -31,7 +31,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     for key in ("train/loss", "train/accuracy", "val/digits/loss", "val/digits/accuracy", "val/digits/precision",
                 "val/digits/recall", "val/digits/f1", "lr"):
         history = metric_history(out, run.info.run_id, key)
-        assert [m.step for m in history] == list(range(1, 26)), key
+        assert [m.step for m in history] == list(range(1, 21)), key
     assert metric_history(out, run.info.run_id, "train/step_loss"), "per-step loss is logged every n steps"
     artifacts = {a.path for a in client(out).list_artifacts(run.info.run_id)}
     assert {"hydra", "checkpoints"} <= artifacts
@@ -41,24 +41,24 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     assert ckpts == {"checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
 
 
-@pytest.mark.slow  # python main.py itself, 25 epochs
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_default_run_writes_checkpoints(default_run):
     out, run, _ = default_run
     out_dir = run.data.tags["output_dir"]
     last = torch.load(f"{out_dir}/last.pt", weights_only=True)
     best = torch.load(f"{out_dir}/best-f1.pt", weights_only=True)
-    assert last["epoch"] == 25 and last["run_id"] == run.info.run_id and last["classes"] == [str(i) for i in range(10)]
+    assert last["epoch"] == 20 and last["run_id"] == run.info.run_id and last["classes"] == [str(i) for i in range(10)]
     f1 = [m.value for m in metric_history(out, run.info.run_id, "val/digits/f1")]
     assert best["metrics"]["val/digits/f1"] == pytest.approx(max(f1))
     assert best["best"]["f1"]["best"] == pytest.approx(max(f1))
 
 
-@pytest.mark.slow  # python main.py itself, 25 epochs
+@pytest.mark.slow  # python main.py itself, 20 epochs
 def test_the_main_job_prints_where_its_run_went(default_run):
     out, run, result = default_run
     log = result.stdout + result.stderr
     assert f"MLflow run {run.info.run_id} (simple_cnn-adamw-lr0.003) in sqlite:///{out}/mlflow.db" in log
-    assert "epoch 25/25" in log and "best model: best-" in log
+    assert "epoch 20/20" in log and "best model: best-" in log
     assert f"run FINISHED: simple_cnn-adamw-lr0.003\n  best val/digits/loss: {run.data.metrics['objective']:#.4g} at epoch" in log
     assert "logged the model: runs:/" in log
     assert "No complete tensor found" not in log  # torch.export's warning about CPU weights, which these are

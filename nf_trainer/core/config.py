@@ -37,7 +37,7 @@ EXPORT_FORMATS = ("torchscript", "onnx")
 
 @dataclass
 class TrainerConf:
-    max_epochs: int = 25
+    max_epochs: int = 20
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     limit_train_batches: Optional[int] = None  # cap batches per epoch (debugging)
     limit_eval_batches: Optional[int] = None

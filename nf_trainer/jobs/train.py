@@ -32,7 +32,7 @@ from nf_trainer.trainer import distributed, speed
 from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
 from nf_trainer.trainer.loop import fit
-from nf_trainer.trainer.metrics import BatchedUpdates, build_metrics
+from nf_trainer.trainer.metrics import build_metrics
 from nf_trainer.trainer.schedule import build_schedule, optimizer_steps_per_epoch
 from nf_trainer.trainer.signals import StopRequest
 from nf_trainer.trainer.state import LoopState, Parts, Settings, restore
@@ -136,7 +136,7 @@ def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settin
         model=model, optimizer=optimizer, scheduler=scheduler,
         loss_fn=build_loss(cfg.loss, data_facts(splits)).to(device),
         train_loader=data.loaders["train"], train_generator=data.generator, eval_loaders=data.eval_loaders,
-        train_metrics=BatchedUpdates(train_metrics),
+        train_metrics=train_metrics,
         eval_metrics={name: build_metrics(cfg.metrics, splits.num_classes, device) for name in eval_sets},
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),

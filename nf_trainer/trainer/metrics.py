@@ -11,8 +11,9 @@ from torchmetrics import MetricCollection
 from nf_trainer.core.instantiate import create_instance
 
 
-def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.device, train: bool = False) -> MetricCollection:
-    """The `metrics` entries as one MetricCollection; for the train set (`train`), without the entries marked
+def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.device, train: bool = False) -> BatchedUpdates:
+    """The `metrics` entries as one MetricCollection, updated in batches of batches (BatchedUpdates); for the
+    train set (`train`), without the entries marked
     `eval_only: true` (our key, not torchmetrics': AUROC's and calibration's per-batch cost shows next to a
     small model's step, and on the train set they say little)."""
     def build(node):  # top_k is capped at the class count: top-5 accuracy still builds for 3 classes
@@ -23,7 +24,7 @@ def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.devic
         return create_instance(node, num_classes=num_classes, **top_k)
 
     chosen = {name: node for name, node in metrics_cfg.items() if not (train and node.get("eval_only", False))}
-    return Metrics({name: build(node) for name, node in chosen.items()}).to(device)
+    return BatchedUpdates(Metrics({name: build(node) for name, node in chosen.items()}).to(device))
 
 
 class Metrics(MetricCollection):
@@ -81,6 +82,13 @@ class BatchedUpdates:
     def reset(self) -> None:
         self.waiting, self.elements = [], 0
         self.metrics.reset()
+
+    def __iter__(self):  # the metrics' names, as a MetricCollection's
+        return iter(self.metrics)
+
+    def __getitem__(self, name: str):
+        self.flush()
+        return self.metrics[name]
 
     def __getattr__(self, name: str):
         if name in ("metrics", "max_elements", "waiting", "elements"):  # not set yet (copy, unpickling)

@@ -28,7 +28,7 @@ class Parts:
     train_generator: torch.Generator  # re-seeded each epoch: the shuffle order depends only on (seed, epoch)
     eval_loaders: dict[str, torch.utils.data.DataLoader]
     train_metrics: BatchedUpdates
-    eval_metrics: dict[str, object]  # eval set -> torchmetrics.MetricCollection
+    eval_metrics: dict[str, BatchedUpdates]  # eval set -> its metrics (a torchmetrics.MetricCollection)
     best: dict[str, MetricWatcher]  # file stem -> watcher, one best-<stem>.pt each
     early_stop: MetricWatcher | None = None
     speed: Speed = field(default_factory=Speed)  # precision, accumulation, clipping, EMA (trainer/speed.py)
