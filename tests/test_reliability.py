@@ -26,6 +26,9 @@ SETUP = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "loader
          "trainer.progress_bar=false", "trainer.log_every_n_steps=2")
 
 
+SLOW_STEPS = ("model._target_=tests.bad_parts.FaultyCNN", "+model.step_seconds=0.1")
+
+
 def start_main(*overrides: str, out: Path) -> subprocess.Popen:
     """main.py in the background, its output in out/stdout.txt."""
     log = open(out / "stdout.txt", "w")
@@ -86,7 +89,8 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(reference, tmp_path):
-    proc = start_main(*SETUP, out=tmp_path)
+    # training steps of 0.1 s (the same weights as SimpleCNN): the kill lands before the last epoch, even on busy cores
+    proc = start_main(*SETUP, *SLOW_STEPS, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
     tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking.child" in " ".join(c.cmdline())]
     assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking/child.py)
@@ -109,8 +113,7 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(referenc
 def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_path):
     # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal; each
     # training step lasts 0.25 s (the same weights as SimpleCNN), so the signal lands inside the training steps
-    slow_steps = ("trainer.checkpoint_every_n_steps=4", "model._target_=tests.bad_parts.FaultyCNN",
-                  "+model.step_seconds=0.25")
+    slow_steps = ("trainer.checkpoint_every_n_steps=4", *SLOW_STEPS[:-1], "+model.step_seconds=0.25")
     proc = start_main(*SETUP, *slow_steps, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["global_step"] >= 8)
     proc.send_signal(signal.SIGTERM)

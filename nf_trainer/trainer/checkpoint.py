@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read back with `weights_only=True` (no arbitrary pickles)."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import shutil
@@ -15,13 +16,17 @@ from nf_trainer.core.errors import NfTrainerError
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "global_step", "rng")
 
 
-def save_checkpoint(payload: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
+def save_checkpoint(payload: dict | memoryview, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file. `payload`:
+    the checkpoint dict, or its bytes as `serialized` made them."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            if isinstance(payload, memoryview):
+                f.write(payload)
+            else:
+                torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -39,8 +44,10 @@ def save_checkpoint(payload: dict, path: Path) -> None:
 
 
 class CheckpointWriter:
-    """Writes checkpoints on a background thread, so the next epoch trains while the last one is serialized and
-    fsynced (a small model's checkpoint costs a few percent of its epoch; a large one's, seconds). One write at a
+    """Writes checkpoints on a background thread, so the next epoch trains while the last one is written and
+    fsynced (a small model's checkpoint costs a few percent of its epoch; a large one's, seconds). The payload is
+    serialized in the caller's thread first: that snapshots it (the next optimizer step changes the weights in
+    place), and a pickler on the other thread would hold the GIL against the training loop. One write at a
     time: `save` first waits for the one before. `close()` (at the end of `fit`, also when it raises) returns
     when the last file is on disk, and raises a write's error (disk full) as save_checkpoint would.
     `background=False` writes in the caller's thread: DataLoader workers are forked, and a fork while another
@@ -55,8 +62,7 @@ class CheckpointWriter:
         if self.pool is None:
             return _write(payload, Path(path), copies)
         self.wait()
-        snapshot = detached(payload)  # the next optimizer step changes the weights in place
-        self.pending = self.pool.submit(_write, snapshot, Path(path), copies)
+        self.pending = self.pool.submit(_write, serialized(payload), Path(path), copies)
 
     def wait(self) -> None:
         pending, self.pending = self.pending, None
@@ -71,22 +77,17 @@ class CheckpointWriter:
                 self.pool.shutdown()
 
 
-def _write(payload: dict, path: Path, copies: tuple[Path, ...]) -> None:
+def _write(payload: dict | memoryview, path: Path, copies: tuple[Path, ...]) -> None:
     save_checkpoint(payload, path)
     for copy in copies:
         copy_checkpoint(path, copy)
 
 
-def detached(value):
-    """A copy of `value` whose tensors are host copies and whose containers are new: what the loop changes
-    after handing a payload over never reaches it."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return type(value)((k, detached(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(detached(v) for v in value)
-    return value
+def serialized(payload: dict) -> memoryview:
+    """The bytes torch.save writes for `payload` (tensors copied to the host as they are now)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getbuffer()
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
