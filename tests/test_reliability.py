@@ -26,7 +26,9 @@ SETUP = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "loader
          "trainer.progress_bar=false", "trainer.log_every_n_steps=2")
 
 
-SLOW_STEPS = ("model._target_=tests.bad_parts.FaultyCNN", "+model.step_seconds=0.1")
+def slow_steps(seconds: float) -> tuple[str, ...]:
+    """Training steps that last `seconds` at least, with SimpleCNN's weights (tests/bad_parts.py)."""
+    return "model._target_=tests.bad_parts.FaultyCNN", f"+model.step_seconds={seconds}"
 
 
 def start_main(*overrides: str, out: Path) -> subprocess.Popen:
@@ -90,7 +92,7 @@ def reference(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(reference, tmp_path):
     # training steps of 0.1 s (the same weights as SimpleCNN): the kill lands before the last epoch, even on busy cores
-    proc = start_main(*SETUP, *SLOW_STEPS, out=tmp_path)
+    proc = start_main(*SETUP, *slow_steps(0.1), out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
     tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking.child" in " ".join(c.cmdline())]
     assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking/child.py)
@@ -113,8 +115,8 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(referenc
 def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_path):
     # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal; each
     # training step lasts 0.25 s (the same weights as SimpleCNN), so the signal lands inside the training steps
-    slow_steps = ("trainer.checkpoint_every_n_steps=4", *SLOW_STEPS[:-1], "+model.step_seconds=0.25")
-    proc = start_main(*SETUP, *slow_steps, out=tmp_path)
+    slow = ("trainer.checkpoint_every_n_steps=4", *slow_steps(0.25))
+    proc = start_main(*SETUP, *slow, out=tmp_path)
     wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["global_step"] >= 8)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM  # 143
@@ -124,7 +126,7 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_
     stopped = last_checkpoint(tmp_path)
     assert stopped["step_in_epoch"] > 0 and stopped["partial_epoch"] is not None  # saved inside an epoch
 
-    run_here(*SETUP, *slow_steps, f"resume={run.data.tags['output_dir']}", out=tmp_path)
+    run_here(*SETUP, *slow, f"resume={run.data.tags['output_dir']}", out=tmp_path)
     (resumed,) = runs(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert_same_training(tmp_path, reference)  # weights, and the interrupted epoch's train metrics too

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 
 class LoaderView:
+    """Subclasses define `__iter__` over `self.loader`."""
+
     def __init__(self, loader):
         self.loader = loader
-
-    def __iter__(self):
-        return iter(self.loader)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -66,11 +66,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):  # a new paths.output_root: sqlite makes the file, not its folder
-            from sqlalchemy.engine import make_url
-
-            database = make_url(url).database
-            if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.9; we rely on it
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
