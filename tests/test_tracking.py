@@ -62,7 +62,7 @@ def test_other_ranks_get_the_null_tracker(monkeypatch):
 
 @pytest.fixture
 def child(out: Path):
-    tracker = ChildProcessTracker(store_uri(out), "nf_trainer", str(out / "mlartifacts"), log_model=True)
+    tracker = ChildProcessTracker(store_uri(out), "nf_trainer", str(out / "mlartifacts"))
     yield tracker
     tracker.close()
 

@@ -34,9 +34,7 @@ class ChildProcessTracker:
     WAITING = frozenset({"start", "log_objective", "log_model", "run_name_of", "end"})  # they return, or must land
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
-                 system_metrics: bool = False, log_model: bool = False):
-        """`log_model`: the job will log a model, so the child imports what that needs (torch, mlflow.pytorch:
-        about 2 s) while the job trains, not when the model is ready."""
+                 system_metrics: bool = False):
         self.tracking_uri, self.run_id = tracking_uri, None
         package_root = str(Path(__file__).resolve().parents[2])  # importable in the child without an install
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -47,8 +45,7 @@ class ChildProcessTracker:
         self._process.stdin.close()
         self._process.stdout.close()
         self._calls = 0  # numbers the waiting calls: a reply left unread by a Ctrl-C is skipped, not misread
-        self._call("__init__", (tracking_uri, experiment_name, artifact_location, system_metrics),
-                   {"log_model": log_model})
+        self._call("__init__", (tracking_uri, experiment_name, artifact_location, system_metrics), {})
 
     def start(self, *args, **kwargs) -> str | None:
         self.run_id = self._call("start", args, kwargs)
@@ -130,19 +127,12 @@ def warm_up(tracking_uri: str) -> None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (SQLAlchemy, alembic: most of the time)
 
 
-def preload_model_logging() -> None:
-    """What the first `log_model` would import: MLflow's torch flavor, and torch.export (which brings dynamo)."""
-    import mlflow.pytorch  # noqa: F401
-    import torch.export._trace  # noqa: F401
-
-
 def serve(inbox: Connection, outbox: Connection) -> None:
     """The child: run each call on an MlflowTracker, in order; reply to the ones that wait."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     tracker, settings, failed = None, None, None  # failed: the first queued call that raised, for the next waiting call
-    preload = False  # import what log_model needs once the run has started, while the job trains
     while True:
         if not inbox.poll(1.0):
             if os.getppid() != parent:  # the job is gone without closing us
@@ -157,7 +147,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         number, method, args, kwargs = message
         try:
             if method == "__init__":  # import now, open the store at the first call: a job that fails before
-                settings, preload = args, kwargs["log_model"]  # its run starts leaves no store behind
+                settings = args  # its run starts leaves no store behind
                 warm_up(settings[0])
                 continue
             if tracker is None:
@@ -171,9 +161,6 @@ def serve(inbox: Connection, outbox: Connection) -> None:
                 send(outbox, (number, True, value))
             if method == "start":  # the job trains from now on: on a busy machine, the child's work yields to it
                 os.nice(10)
-                if preload:
-                    preload_model_logging()
-                    preload = False
         except Exception as exc:
             if number:
                 failed = None if exc is failed else failed

@@ -25,4 +25,4 @@ def open_tracker(mlflow_cfg: DictConfig) -> Tracker:
                 mlflow_cfg.system_metrics)
     if where == "inline":
         return MlflowTracker(*settings)
-    return ChildProcessTracker(*settings, log_model=mlflow_cfg.log_model)
+    return ChildProcessTracker(*settings)
