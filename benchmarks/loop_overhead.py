@@ -14,37 +14,16 @@ Ratio = (a)'s time / (b)'s (the throughput of b relative to a), the median over 
 """
 from __future__ import annotations
 
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from common import machine, parser, set_threads, summary
-from parity import job_config
+from parity import hand_epoch, job_config
 
 EPOCHS = 2  # per side and pair: a checkpoint written while the next epoch trains, as in any run
-
-
-def hand_epoch(parts, metrics, device) -> None:
-    """One epoch of (a), as parity.handwritten writes it, on the job's model, optimizer, loaders and loss."""
-    import torch
-
-    model, optimizer, fmt = parts.model, parts.optimizer, torch.channels_last
-    model.train()
-    for images, targets in parts.train_loader:
-        images, targets = images.to(device, memory_format=fmt), targets.to(device)
-        loss = parts.loss_fn(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    parts.scheduler.epoch_ended()
-    model.eval()
-    metrics.reset()
-    with torch.inference_mode():
-        for loader in parts.eval_loaders.values():
-            for images, targets in loader:
-                metrics.update(model(images.to(device, memory_format=fmt)), targets.to(device))
-    {k: v.item() for k, v in metrics.compute().items()}
 
 
 def measuring_fit(pairs: int, times: dict[str, list[float]]):
@@ -52,17 +31,20 @@ def measuring_fit(pairs: int, times: dict[str, list[float]]):
     import copy
     import dataclasses
 
+    import torch
+
     from nf_trainer.trainer import loop
     from nf_trainer.trainer.state import LoopState
 
     def fit(parts, settings, state, tracker, *rest):
-        (eval_metrics,) = parts.eval_metrics.values()
-        metrics = copy.deepcopy(eval_metrics)  # (a)'s own collection of the same metric entries
+        (set_name, val_loader), = parts.eval_loaders.items()
+        metrics = copy.deepcopy(parts.eval_metrics[set_name])  # (a)'s own collection of the same metric entries
         short = dataclasses.replace(settings, max_epochs=EPOCHS)
 
         def hand_epochs():
             for _ in range(EPOCHS):
-                hand_epoch(parts, metrics, settings.device)
+                hand_epoch(parts.model, parts.optimizer, parts.scheduler.epoch_ended, parts.loss_fn, parts.train_loader,
+                           val_loader, metrics, settings.device, torch.channels_last, parts.speed.dtype)
 
         sides = {"hand-written": hand_epochs, "nf_trainer": lambda: loop.fit(parts, short, LoopState(), tracker)}
         for i in range(pairs + 1):  # the first pair warms up
@@ -92,6 +74,7 @@ def main() -> None:
         run_hydra_job(cfg)
     finally:
         train_job.fit = fit
+        shutil.rmtree(out, ignore_errors=True)
     a, b = times["hand-written"], times["nf_trainer"]
     print(f"{EPOCHS} epochs: hand-written {statistics.median(a) * 1e3:.1f} ms, nf_trainer {statistics.median(b) * 1e3:.1f} ms")
     summary("loop overhead", [1 / t for t in a], [1 / t for t in b], target=0.97,

@@ -99,24 +99,31 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
 
     with Timer() as timer:
         for _ in range(cfg.trainer.max_epochs):
-            model.train()
-            for images, targets in train_loader:
-                images, targets = images.to(device, memory_format=fmt), targets.to(device)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = loss_fn(model(images), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            model.eval()
-            metrics.reset()
-            with torch.inference_mode():
-                for images, targets in val_loader:
-                    images, targets = images.to(device, memory_format=fmt), targets.to(device)
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        metrics.update(model(images), targets)
-            {k: v.item() for k, v in metrics.compute().items()}
+            hand_epoch(model, optimizer, scheduler.step, loss_fn, train_loader, val_loader, metrics, device, fmt, dtype)
     return cfg.trainer.max_epochs * len(data.train) / timer.seconds
+
+
+def hand_epoch(model, optimizer, step_schedule, loss_fn, train_loader, val_loader, metrics, device, fmt, dtype) -> None:
+    """One epoch of (a): train steps, the schedule's step, evaluation with the metrics, their values read."""
+    import torch
+
+    model.train()
+    for images, targets in train_loader:
+        images, targets = images.to(device, memory_format=fmt), targets.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    step_schedule()
+    model.eval()
+    metrics.reset()
+    with torch.inference_mode():
+        for images, targets in val_loader:
+            images, targets = images.to(device, memory_format=fmt), targets.to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                metrics.update(model(images), targets)
+    {k: v.item() for k, v in metrics.compute().items()}
 
 
 def nf_trainer_run(case: str, out: Path, device_name: str) -> float:
