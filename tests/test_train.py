@@ -65,12 +65,15 @@ def test_the_main_job_prints_where_its_run_went(default_run):
 
 
 def test_optimizer_override_is_logged(out):
-    run_here("optimizer=adam", "optimizer.lr=1e-3", "trainer.max_epochs=2", "trainer.limit_train_batches=3", out=out)
+    run_here("optimizer=adam", "optimizer.lr=1e-3", "optimizer.weight_decay=2.0349616224981566e-05",
+             "trainer.max_epochs=2", "trainer.limit_train_batches=3", out=out)
     run = only_run(out)
     assert run.info.status == "FINISHED"
     assert run.data.params["optimizer.lr"] == "0.001"
+    assert run.data.params["optimizer.weight_decay"] == "2.0349616224981566e-05"  # the param keeps every digit
     assert run.data.params["optimizer._target_"] == "torch.optim.Adam"
-    assert run.info.run_name == "simple_cnn-adam-lr0.001-max_epochs2-limit_train_batches3"
+    # the name shows floats as lr is shown (an Optuna trial's values have 17 digits)
+    assert run.info.run_name == "simple_cnn-adam-lr0.001-weight_decay2.03496e-05-max_epochs2-limit_train_batches3"
 
 
 def test_early_stopping_stops_when_nothing_improves(out):

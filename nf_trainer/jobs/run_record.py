@@ -49,8 +49,19 @@ def default_run_name(cfg: DictConfig) -> str:
     for override in overrides():
         if not override.lstrip("+~").startswith(RUN_NAME_SKIP):
             key, _, value = override.lstrip("+~").partition("=")
-            parts.append(value if key in choices else f"{key.rsplit('.', 1)[-1]}{value}")
+            parts.append(value if key in choices else f"{key.rsplit('.', 1)[-1]}{short_number(value)}")
     return "-".join(parts)
+
+
+def short_number(value: str) -> str:
+    """A float override as lr is shown (6 significant digits: an Optuna trial's 2.0349616224981566e-05 reads
+    2.03496e-05); anything else as given."""
+    if "." not in value and "e" not in value.lower():
+        return value  # ints and words stay as typed
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
 
 
 def record_config(cfg: DictConfig, tracker: Tracker, out_dir: Path) -> None:
