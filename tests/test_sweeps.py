@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nf_trainer.cli.runs_table import main as runs_command
+from nf_trainer.jobs.summary import short_number
 from nf_trainer.sweep.store import differing_keys
 from tests.conftest import MAIN, client, metric_history, run_main, runs
 
@@ -73,8 +74,8 @@ def test_a_sweep_ends_with_its_best_runs_and_the_command_that_opens_it(grid):
     assert header.split()[:4] == ["name", "objective", "(loss,", "min)"] and all(k in header for k in differing)
     for row, child in zip(rows, ranked):  # name, objective to 4 significant digits, the params that differ
         assert row.split()[:3] == [child.info.run_name, f"{child.data.metrics['objective']:#.4g}",
-                                   child.data.params[differing[0]]]
-        assert all(child.data.params.get(k, "") in row for k in differing)
+                                   short_number(child.data.params[differing[0]])]
+        assert all(short_number(child.data.params.get(k, "")) in row for k in differing)
     assert block[7] == f"  open it: python -m nf_trainer.ui --run {parent.info.run_id} paths.output_root={out}"
 
 
@@ -85,6 +86,12 @@ def test_a_failed_job_fails_the_sweep_run(out):
     (parent,), children = split(out)
     assert [(c.data.params["optimizer.lr"], c.info.status) for c in children] == [("0.01", "FINISHED")]
     assert parent.info.status == "FAILED" and parent.data.tags["best.run_id"] == children[0].info.run_id
+
+
+def test_tables_and_names_show_floats_to_six_digits_and_the_rest_as_given():
+    assert [short_number(v) for v in ["2.0349616224981566e-05", "0.0001", "1e-3", "0.9", "64", "torch.optim.SGD",
+                                      "[0.9, 0.999]", "none", ""]] == \
+        ["2.03496e-05", "0.0001", "0.001", "0.9", "64", "torch.optim.SGD", "[0.9, 0.999]", "none", ""]
 
 
 def terminal(*args, out, capsys):

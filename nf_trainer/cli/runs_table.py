@@ -16,6 +16,7 @@ import sys
 
 from nf_trainer.cli.compose import project_config
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.jobs.summary import short_number
 from nf_trainer.sweep.info import objective_mode
 from nf_trainer.sweep.store import SWEEP_KEY_TAG, children, differing_keys, latest_sweep, sweeps
 from nf_trainer.sweep.summary import table
@@ -53,13 +54,13 @@ def render(options) -> str:
     differing = differing_keys(runs)
     if options.command == "list":
         rows = [{"rank": i, "run": r.info.run_id[:8], "status": r.info.status, OBJECTIVE: fmt(r.data.metrics.get(OBJECTIVE)),
-                 **{k: r.data.params.get(k, "") for k in differing}, "name": r.info.run_name}
+                 **{k: short_number(r.data.params.get(k, "")) for k in differing}, "name": r.info.run_name}
                 for i, r in enumerate(runs, 1)]
         return f"{title}  ({OBJECTIVE}: {mode}, best first)\n{table(rows)}"
     prefixes = tuple(p for p in options.metrics.split(",") if p)
     metric_keys = sorted({k for r in runs for k in r.data.metrics if k.startswith(prefixes)})
     rows = [{"": "status", **{r.info.run_id[:8]: r.info.status for r in runs}}]
-    rows += [{"": k, **{r.info.run_id[:8]: r.data.params.get(k, "") for r in runs}} for k in differing]
+    rows += [{"": k, **{r.info.run_id[:8]: short_number(r.data.params.get(k, "")) for r in runs}} for k in differing]
     rows += [{"": k, **{r.info.run_id[:8]: fmt(r.data.metrics.get(k)) for r in runs}} for k in metric_keys]
     return f"{title}  (best {OBJECTIVE} on the left; params that differ, then the last value of each metric)\n{table(rows)}"
 

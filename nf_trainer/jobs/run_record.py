@@ -6,6 +6,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from nf_trainer.jobs.summary import short_number
 from nf_trainer.tracking.git import git_info
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.tracking.secrets import flatten
@@ -51,17 +52,6 @@ def default_run_name(cfg: DictConfig) -> str:
             key, _, value = override.lstrip("+~").partition("=")
             parts.append(value if key in choices else f"{key.rsplit('.', 1)[-1]}{short_number(value)}")
     return "-".join(parts)
-
-
-def short_number(value: str) -> str:
-    """A float override as lr is shown (6 significant digits: an Optuna trial's 2.0349616224981566e-05 reads
-    2.03496e-05); anything else as given."""
-    if "." not in value and "e" not in value.lower():
-        return value  # ints and words stay as typed
-    try:
-        return f"{float(value):g}"
-    except ValueError:
-        return value
 
 
 def record_config(cfg: DictConfig, tracker: Tracker, out_dir: Path) -> None:

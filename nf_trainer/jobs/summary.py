@@ -14,6 +14,17 @@ def significant(value: float) -> str:
     return f"{value:#.4g}" if math.isfinite(value) else str(value)  # 2.300, not 2.3
 
 
+def short_number(value: str) -> str:
+    """A float as a config value is shown in names and tables (6 significant digits: an Optuna trial's
+    2.0349616224981566e-05 reads 2.03496e-05); ints and anything else as given."""
+    if "." not in value and "e" not in value.lower():
+        return value  # ints and words stay as typed
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
+
+
 def run_summary(status: str, objective_key: str, best: Best, checkpoint: Path, run_id: str | None, run_name: str,
                 tracking_uri: str, overrides: list[str]) -> str:
     epoch = f"at epoch {best.epoch}" if best.epoch is not None else "(no finite value)"

@@ -2,7 +2,7 @@
 differ between the runs) and the command that opens the MLflow UI on the sweep's parent run."""
 from __future__ import annotations
 
-from nf_trainer.jobs.summary import significant
+from nf_trainer.jobs.summary import short_number, significant
 from nf_trainer.sweep.store import differing_keys
 from nf_trainer.tracking.interface import OBJECTIVE
 from nf_trainer.tracking.ui_link import ui_command
@@ -18,7 +18,7 @@ def sweep_summary(status: str, name: str, counts: str, parent_run_id: str, score
         ranked = sorted(scored, key=lambda r: r.data.metrics[OBJECTIVE], reverse=mode == "max")
         differing = differing_keys(scored)
         rows = [{"name": r.info.run_name, f"{OBJECTIVE} ({metric}, {mode})": significant(r.data.metrics[OBJECTIVE]),
-                 **{k: r.data.params.get(k, "") for k in differing}} for r in ranked[:TOP]]
+                 **{k: short_number(r.data.params.get(k, "")) for k in differing}} for r in ranked[:TOP]]
         lines += [f"  top {len(rows)} of {len(scored)}, best first:"] + [f"    {line}" for line in table(rows).splitlines()]
     lines.append(f"  open it: {ui_command(parent_run_id, overrides)}")
     return "\n".join(lines)
