@@ -14,7 +14,7 @@ from nf_trainer.dataset.combine import combine
 from nf_trainer.dataset.csv_manifest import csv_manifest
 from nf_trainer.dataset.files import ImageFileDataset, collate_valid
 from nf_trainer.dataset.image_folder import image_folder
-from nf_trainer.dataset.images import check_image_file, load_image
+from nf_trainer.dataset.images import check_image_file, describe_error, load_image
 from nf_trainer.dataset.loaders import build_data
 from nf_trainer.dataset.splits import class_balanced_sampler
 from nf_trainer.transforms import build_batch_transform, build_transforms
@@ -121,6 +121,18 @@ def test_check_full_finds_damage_before_training(tmp_path):
     damage_middle(victim)
     assert image_folder(str(root), check="quick").bad_files == []
     assert [path for path, _ in image_folder(str(root), check="full").bad_files] == [str(victim)]
+
+
+def test_a_bad_files_reason_does_not_name_the_decoders_buffer(tmp_path):
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    write_image(tmp_path / "whole.png", PIXELS, "L", "PNG")
+    with pytest.raises(UnidentifiedImageError) as raised:  # 30 bytes of a PNG: PIL cannot tell what it is
+        Image.open(io.BytesIO((tmp_path / "whole.png").read_bytes()[:30]))
+    assert "_io.BytesIO object at 0x" in str(raised.value)
+    assert describe_error(raised.value) == "cannot identify image file"
 
 
 def rows_of(folder: Path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from typing import NamedTuple
 
@@ -129,6 +130,8 @@ def describe_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "csrc" in text:
         text = text.split(", ", 2)[-1]
+    # PIL names the stream it was handed ('cannot identify image file <_io.BytesIO object at 0x7f...>')
+    text = re.sub(r" <_io\.\w+ object at 0x[0-9a-f]+>", "", text)
     return text[:200]
 
 
