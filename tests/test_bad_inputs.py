@@ -103,8 +103,14 @@ def csv_without_path_column(out: Path, earlier: Path, tmp: Path) -> None:
 FOLDER = (*FAST, "dataset=image_folder", "dataset.root={tmp}/images", "dataset.on_bad_file=fail")
 
 CASES = [
-    Case("typo_key", ("trainer.max_epoch=3",), "Could not override 'trainer.max_epoch'. To append to your config use "
-         "+trainer.max_epoch=3. Key 'max_epoch' not in 'TrainerConf'", own_process=True),
+    Case("typo_key", ("trainer.max_epoch=3",),
+         "trainer.max_epoch is not a key of trainer: did you mean trainer.max_epochs? (--help lists the keys)", own_process=True),
+    # a group option's node (`_target_`) takes new arguments with +key=value; a typo'd one is still named
+    Case("typo_option_key", ("optimizer.lrr=0.1",), "optimizer.lrr is not a key of optimizer: did you mean optimizer.lr? "
+         "(to pass torch.optim.AdamW an argument it does not list, write +optimizer.lrr=0.1)"),
+    # Hydra adds `+key=value` to a schema node too, where nothing would read it
+    Case("added_schema_key", ("+trainer.max_epoch=3",), "trainer.max_epoch is not a key of trainer, and nothing would "
+         "read it: drop +trainer.max_epoch= (--help lists the keys)"),
     Case("unknown_group_option", ("optimizer=adamm",),
          "Could not find 'optimizer/adamm'. Available options in 'optimizer': adam, adamw, adan, lamb, lion, rmsprop, sgd"),
     Case("wrong_type", ("loader.batch_size=abc",),

@@ -100,7 +100,7 @@ def test_debug_presets():
 
 @pytest.mark.parametrize("override,needle", [
     ("trainer.max_epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
-    ("trainer.epochs=3", "Key 'epochs' not in 'TrainerConf'"),
+    ("trainer.epochs=3", "trainer.epochs is not a key of trainer: did you mean trainer.max_epochs?"),
     ("optimizer=adamm", "Could not find 'optimizer/adamm'"),
 ])
 def test_bad_overrides_fail_at_composition(override, needle):

@@ -7,13 +7,14 @@ live (`conf/` sets only what an option changes). Group options (optimizer, model
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.option_ranges import option_checks
@@ -202,3 +203,26 @@ def validate(cfg) -> None:
     for ok, message in checks:
         if not ok:
             raise NfTrainerError(message)
+    # top-level keys of your own are fine (`+db.password=...`, read through ${db.password} by your configs)
+    added = [key for name in cfg if isinstance(cfg._get_node(name), DictConfig)
+             for key in unread_keys(cfg._get_node(name), str(name))]
+    if added:
+        raise NfTrainerError(f"{added[0]} is not a key of {added[0].rpartition('.')[0] or 'the config'}, and nothing "
+                             f"would read it: drop +{added[0]}= (--help lists the keys)")
+
+
+def unread_keys(node, path: str = "") -> list[str]:
+    """Keys added with `+key=value` under a node the schema types (trainer, loader, ...: Hydra adds them anyway),
+    which no code reads. Group options (`_target_` nodes) take any key: their class decides."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    names = {f.name for f in dataclasses.fields(schema)}
+    found = []
+    for key in node.keys():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            found.append(full)
+        elif isinstance(node._get_node(key), DictConfig):
+            found += unread_keys(node._get_node(key), full)
+    return found

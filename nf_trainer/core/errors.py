@@ -3,6 +3,7 @@
 They subclass Hydra's CompactHydraException so `python main.py ...` prints just the message
 (one line that says what to change) and exits non-zero, instead of a traceback.
 """
+import difflib
 import os
 import re
 import sys
@@ -16,6 +17,8 @@ DETAIL = re.compile(r"^\s+(full_key|reference_type|object_type)\b")  # OmegaConf
 # `+experiment=NAME` (the form Hydra's docs teach for a group not in the defaults list) on a group that is in it:
 # Hydra's own hint ("use 'override experiment: NAME'") is for config files, not the command line
 APPENDED_TWICE = re.compile(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'")
+# a key the config does not have; Hydra's hint (`+key=value`) is wrong for a typo: it adds a key nothing reads
+NO_SUCH_KEY = re.compile(r"Could not override '(\S+)'\.\s+To append to your config use (\+\S+?)\.?(?:\s|$)")
 
 
 class NfTrainerError(CompactHydraException):
@@ -50,6 +53,20 @@ def yaml_error_line(exc: yaml.MarkedYAMLError) -> str:
     return f"{where}config file does not parse: {exc.problem or 'invalid YAML'}{context}; fix the YAML there"
 
 
+def unknown_key(full_key: str, append: str, cause: OmegaConfBaseException) -> str:
+    """'trainer.max_epoch is not a key of trainer: did you mean trainer.max_epochs?', from the node OmegaConf
+    names; on a node that builds an object (`_target_`), `+key=value` passes it a new argument."""
+    node_path, _, key = full_key.rpartition(".")
+    parent = getattr(cause, "parent_node", None)
+    keys = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    where = f"a key of {node_path}" if node_path else "a config key"
+    text = f"{full_key} is not {where}" + (f": did you mean {node_path + '.' if node_path else ''}{close[0]}?" if close else "")
+    if "_target_" in keys:
+        return f"{text} (to pass {parent['_target_']} an argument it does not list, write {append})"
+    return f"{text} (--help lists the keys)"
+
+
 def one_line(exc: BaseException) -> str:
     """A Hydra/OmegaConf error message in one line: OmegaConf's key details and Hydra's search path dropped,
     indented option lists joined ("Available options in 'optimizer': adam, adamw, ...")."""
@@ -57,6 +74,9 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc.__cause__, OmegaConfBaseException):
         text += "\n" + str(exc.__cause__)
     text = text.split("Config search path:")[0]
+    unknown = NO_SUCH_KEY.search(text)
+    if unknown and isinstance(exc.__cause__, OmegaConfBaseException):
+        return unknown_key(unknown.group(1), unknown.group(2), exc.__cause__)
     twice = APPENDED_TWICE.search(text)
     if twice:
         group, option = twice.groups()
