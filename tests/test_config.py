@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from nf_trainer.core.config import Config, validate
-from nf_trainer.core.errors import NfTrainerError, one_line_errors
+from nf_trainer.core.errors import NfTrainerError, one_line_errors, quiet_interrupt
 from tests.conftest import MAIN, ROOT, compose_cfg, environment, run_here, run_probed
 
 CONF = ROOT / "conf"
@@ -107,6 +107,15 @@ def test_bad_overrides_fail_at_composition(override, needle):
     with pytest.raises(Exception) as err:
         compose_cfg(override)
     assert needle in f"{err.value} {err.value.__cause__}"
+
+
+def test_an_uncaught_ctrl_c_is_one_line_and_other_errors_keep_their_traceback(capsys):
+    seen = []
+    hook = quiet_interrupt(lambda *exc: seen.append(exc[0]))
+    hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == "interrupted (Ctrl-C)\n" and seen == []
+    hook(ValueError, ValueError("x"), None)
+    assert seen == [ValueError] and capsys.readouterr().err == ""
 
 
 def test_a_user_config_file_that_does_not_parse_is_one_line_with_its_place(tmp_path, bare_out):

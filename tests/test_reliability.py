@@ -159,6 +159,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     (run,) = runs(tmp_path)
     assert run.info.status == "KILLED"
     assert last_checkpoint(tmp_path) is None  # it did not wait to finish the step and save
+    output = (tmp_path / "stdout.txt").read_text()
+    assert "Traceback" not in output and output.rstrip().endswith("interrupted (Ctrl-C)"), output[-2000:]
+    assert "stopped by Ctrl-C, the run KILLED; no checkpoint of it was saved" in output
 
 
 def test_a_nan_batch_is_skipped_then_a_crash_fails_the_run_with_its_error_and_keeps_the_last_epoch(tmp_path):

@@ -33,6 +33,7 @@ def one_line_errors():
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         yield
         return
+    sys.excepthook = quiet_interrupt(sys.excepthook)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing: the message is ours to print
     try:
         yield
@@ -40,6 +41,18 @@ def one_line_errors():
         sys.exit(one_line(exc))
     except yaml.MarkedYAMLError as exc:  # a config file (ours, --config-dir, hydra.searchpath) that does not parse
         sys.exit(yaml_error_line(exc))
+
+
+def quiet_interrupt(default):
+    """An excepthook that ends an uncaught Ctrl-C (a second one, or one while the job still imports and builds)
+    in one line instead of a traceback through torch's imports. Python still exits as SIGINT does, and sets
+    `sys.last_type` for the sweep's atexit hook, as for any uncaught exception."""
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+        else:
+            default(kind, value, tb)
+    return hook
 
 
 def yaml_error_line(exc: yaml.MarkedYAMLError) -> str:

@@ -33,6 +33,9 @@ def tracked_outcome(tracker: Tracker, out_dir: Path):
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
         _end(tracker, "KILLED")
+        kept = (Path(out_dir) / "last.pt").exists()
+        log.warning("stopped by Ctrl-C, the run KILLED; %s", f"continue from the last checkpoint with resume={out_dir}"
+                    if kept else "no checkpoint of it was saved")
         raise
     except BaseException as exc:
         record_failure(tracker, exc)
