@@ -67,6 +67,18 @@ def child(out: Path):
     tracker.close()
 
 
+def test_a_run_whose_start_the_job_never_saw_ends_killed_when_the_job_closes_the_child(out):
+    from nf_trainer.tracking.child import send
+
+    tracker = ChildProcessTracker(store_uri(out), "nf_trainer", str(out / "mlartifacts"))
+    # a Ctrl-C while the job waited for `start`'s reply: the child made the run, the job never read its id
+    tracker._calls += 1  # what _call counts before it sends
+    send(tracker._outbox, (tracker._calls, "start", ("cut-short", {}, {}), {}))
+    tracker.close()
+    (run,) = runs(out)
+    assert run.info.run_name == "cut-short" and run.info.status == "KILLED"
+
+
 def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, out, tmp_path):
     assert isinstance(child, Tracker)
     with pytest.raises(AttributeError, match="not a Tracker method"):

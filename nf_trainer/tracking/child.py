@@ -127,12 +127,23 @@ def warm_up(tracking_uri: str) -> None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (SQLAlchemy, alembic: most of the time)
 
 
+def end_unseen_run(tracker: MlflowTracker) -> None:
+    """A run the job closes us without ending: it started it, then was stopped (Ctrl-C) before `start` returned,
+    so the job never knew its id. KILLED, not left RUNNING."""
+    try:
+        tracker.end("KILLED")
+        log.warning("MLflow run %s was stopped while it started: marked KILLED", tracker.run_id)
+    except Exception as exc:
+        log.warning("could not set MLflow run %s to KILLED: %s", tracker.run_id, exc)
+
+
 def serve(inbox: Connection, outbox: Connection) -> None:
     """The child: run each call on an MlflowTracker, in order; reply to the ones that wait."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = os.getppid()
     tracker, settings, failed = None, None, None  # failed: the first queued call that raised, for the next waiting call
+    ended = False
     while True:
         if not inbox.poll(1.0):
             if os.getppid() != parent:  # the job is gone without closing us
@@ -142,7 +153,9 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             message = receive(inbox)
         except EOFError:
             break
-        if message is None:
+        if message is None:  # the job closes us
+            if tracker is not None and tracker.run_id is not None and not ended:
+                end_unseen_run(tracker)
             break
         number, method, args, kwargs = message
         try:
@@ -157,6 +170,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             value = getattr(tracker, method)(*args, **kwargs)
             if number and failed is not None:
                 raise failed
+            ended = ended or method == "end"
             if number:
                 send(outbox, (number, True, value))
             if method == "start":  # the job trains from now on: on a busy machine, the child's work yields to it
