@@ -51,6 +51,7 @@ class _Slow(torch.utils.data.Dataset):
         return len(self.inner)
 
     def __getitem__(self, index):
+        print("loading a slow sample", flush=True)  # a test waits for this: a step is under way
         time.sleep(self.seconds)
         return self.inner[index]
 

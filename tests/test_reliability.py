@@ -150,7 +150,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # each training sample takes 0.3 s: one step of 4 samples lasts over a second, the second Ctrl-C cuts it short
     proc = start_main(*SETUP, "loader.batch_size=4", "dataset._target_=tests.bad_parts.slow_digits",
                       "+dataset.seconds=0.3", out=tmp_path)
-    wait_for(proc, lambda: logged(tmp_path, "MLflow run"))
+    wait_for(proc, lambda: logged(tmp_path, "loading a slow sample"))  # inside the first step, not before it
     proc.send_signal(signal.SIGINT)
     wait_for(proc, lambda: logged(tmp_path, "SIGINT received"))
     proc.send_signal(signal.SIGINT)

@@ -46,7 +46,7 @@ def default_run_name(cfg: DictConfig) -> str:
     parts = [choices.get("model", "model"), choices.get("optimizer", "opt")]
     lr = cfg.optimizer.get("lr")
     if lr is not None:
-        parts.append(f"lr{lr:g}")
+        parts.append(f"lr{short_number(str(lr))}")
     for override in overrides():
         if not override.lstrip("+~").startswith(RUN_NAME_SKIP):
             key, _, value = override.lstrip("+~").partition("=")

@@ -23,6 +23,7 @@ from pathlib import Path
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.tracking.interface import TRACKER_METHODS
 from nf_trainer.tracking.mlflow_tracker import MlflowTracker
+from nf_trainer.tracking.outcome import end_run
 
 log = logging.getLogger("nf_trainer")
 
@@ -130,11 +131,8 @@ def warm_up(tracking_uri: str) -> None:
 def end_unseen_run(tracker: MlflowTracker) -> None:
     """A run the job closes us without ending: it started it, then was stopped (Ctrl-C) before `start` returned,
     so the job never knew its id. KILLED, not left RUNNING."""
-    try:
-        tracker.end("KILLED")
+    if end_run(tracker, "KILLED"):
         log.warning("MLflow run %s was stopped while it started: marked KILLED", tracker.run_id)
-    except Exception as exc:
-        log.warning("could not set MLflow run %s to KILLED: %s", tracker.run_id, exc)
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:

@@ -24,22 +24,23 @@ def tracked_outcome(tracker: Tracker, out_dir: Path):
     """Run the job's body; end the MLflow run with the status its outcome deserves."""
     try:
         yield
+    # The reason is logged before the run ends: a Ctrl-C while MLflow ends it must not hide it.
     except Interrupted as stop:  # the loop saved last.pt after the signal: exit as the signal would
-        _end(tracker, "KILLED")
         if (Path(out_dir) / "last.pt").exists():
             log.warning("stopped by %s; continue with resume=%s", stop, out_dir)
         else:
             log.warning("stopped by %s before a step of this run finished: nothing new was saved", stop)
+        end_run(tracker, "KILLED")
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
-        _end(tracker, "KILLED")
         kept = (Path(out_dir) / "last.pt").exists()
         log.warning("stopped by Ctrl-C, the run KILLED; %s", f"continue from the last checkpoint with resume={out_dir}"
                     if kept else "no checkpoint of it was saved")
+        end_run(tracker, "KILLED")
         raise
     except BaseException as exc:
         record_failure(tracker, exc)
-        _end(tracker, "FAILED")
+        end_run(tracker, "FAILED")
         raise
     tracker.end("FINISHED")
 
@@ -54,8 +55,11 @@ def record_failure(tracker: Tracker, exc: BaseException) -> None:
         log.warning("could not record the error in MLflow: %s", log_error)
 
 
-def _end(tracker: Tracker, status: str) -> None:
+def end_run(tracker: Tracker, status: str) -> bool:
+    """End the run with `status`; a store that fails here only warns (the real error stays the visible one)."""
     try:
         tracker.end(status)
-    except Exception as end_error:  # keep the real error visible, not this one
+        return True
+    except Exception as end_error:
         log.warning("could not set the MLflow run to %s: %s", status, end_error)
+        return False
