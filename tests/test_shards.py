@@ -46,7 +46,7 @@ def written(folder, tmp_path_factory) -> Path:
 def test_prepare_writes_shards_with_classes_counts_and_bad_files_in_the_index(folder, tmp_path, capsys):
     assert prepare_main(["shards", str(folder), str(tmp_path / "s"), "--shard-size", "64"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 3 train shards (159 images) and 1 val shards (41 images), 10 classes" in printed
+    assert "wrote 3 train shards (159 images) and 1 val shard (41 images), 10 classes" in printed
     assert f"python main.py dataset=shards \"dataset.urls='{tmp_path}/s/train-{{000000..000002}}.tar'\"\n" in printed
     index = json.loads((tmp_path / "s" / INDEX).read_text())
     assert index["classes"] == [str(d) for d in range(10)] and index["name"] == "digits_png"
@@ -77,6 +77,7 @@ def test_shards_train_and_the_checkpoint_scores_the_same_on_image_folder(folder,
     run_here("dataset=shards", urls(written, 4), "trainer.max_epochs=3", *FAST, out=out)
     run = only_run(out)
     assert run.info.status == "FINISHED" and run.data.metrics["data/bad_files"] == 2  # left out by prepare
+    assert f"-urls{written}/train-{{000000..000003}}.tar-" in run.info.run_name  # without the quotes Hydra needs
     assert run.data.params["data.train_size"] == "159" and run.data.params["data.digits_png.size"] == "41"
     assert len(metric_history(out, run.info.run_id, "train/step_loss")) == 3 * 10 // 10  # 10 steps an epoch, every 10th
     trained = {key: metric_history(out, run.info.run_id, f"val/digits_png/{key}")[-1].value for key in ("accuracy", "loss")}

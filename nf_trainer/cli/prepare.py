@@ -115,8 +115,10 @@ def write_shards(src: Path, out: Path, shard_size: int = 1000, val_fraction: flo
     part.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(part, out / INDEX)
     last = len(splits["train"]["shards"]) - 1
-    print(f"wrote {len(splits['train']['shards'])} train shards ({len(train)} images) and {len(splits['val']['shards'])} "
-          f"val shards ({len(val_set.samples)} images), {len(data.classes)} classes, to {out}"
+    shards = {split: f"{len(written['shards'])} {split} shard" + ("" if len(written["shards"]) == 1 else "s")
+              for split, written in splits.items()}
+    print(f"wrote {shards['train']} ({len(train)} images) and {shards['val']} ({len(val_set.samples)} images), "
+          f"{len(data.classes)} classes, to {out}"
           + (f"; left out {len(data.bad_files)} bad file(s), listed in {out / INDEX}" if data.bad_files else ""))
     # quoted for Hydra too: its override grammar reads an unquoted {...} as a dict
     print("train with: python main.py dataset=shards "

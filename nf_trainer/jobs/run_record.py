@@ -50,6 +50,7 @@ def default_run_name(cfg: DictConfig) -> str:
     for override in overrides():
         if not override.lstrip("+~").startswith(RUN_NAME_SKIP):
             key, _, value = override.lstrip("+~").partition("=")
+            value = value.strip("'\"")  # the quotes Hydra's grammar needs around a {...} or a space
             parts.append(value if key in choices else f"{key.rsplit('.', 1)[-1]}{short_number(value)}")
     return "-".join(parts)
 
