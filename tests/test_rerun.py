@@ -76,6 +76,13 @@ def test_rerun_overrides_given_next_to_it_win(original):
     assert cfg["trainer"]["limit_train_batches"] == logged["trainer"]["limit_train_batches"] == 6
 
 
+def test_rerun_takes_the_start_of_an_id_as_the_runs_table_shows_it(original, capsys):
+    out, run = original
+    cfg = composed(rerun_argv(f"rerun={run.info.run_id[:8]}", out=out))
+    assert cfg["rerun"] == run.info.run_id and cfg["optimizer"]["lr"] == 0.05  # the run's config, its id in full
+    assert f"rerun of {run.info.run_id} (" in capsys.readouterr().err
+
+
 def test_rerun_of_an_unknown_run_fails_in_one_line(original):
     out, _ = original
     with pytest.raises(SystemExit) as exit:  # main.py prints the message on stderr and exits 1

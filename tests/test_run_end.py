@@ -69,6 +69,14 @@ def test_the_ui_command_of_the_summary_opens_that_run_in_that_store(env_run, cap
     assert page in capsys.readouterr().out and env["MLFLOW_TRACKING_URI"] in server
 
 
+def test_the_ui_opens_a_run_from_the_start_of_its_id(env_run, capsys):
+    env, run, *_ = env_run
+    with environment(**env):
+        serve(parse_args(["--run", run.info.run_id[:8], "--port", "0"]))
+    shown = capsys.readouterr().out
+    assert f"run {run.info.run_id} (" in shown and f"/runs/{run.info.run_id}" in shown
+
+
 def test_debug_fast_logs_no_model(env_run):
     env, run, *_ = env_run
     assert run.data.params["mlflow.log_model"] == "False" and run.data.params["export"] == "[]"

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from nf_trainer.cli.compose import project_config
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep.store import SWEEP_KEY_TAG
+from nf_trainer.tracking.run_lookup import find_run
 from nf_trainer.tracking.secrets import MASK
 from nf_trainer.tracking.server import require_store
 
@@ -46,6 +47,7 @@ def rerun_arguments(run_id: str, args: list[str]) -> list[str]:
     flags = [a for a in args if not is_override(a)]  # -m, --cfg job, ...: kept as they are
     cfg = project_config(job_overrides(given))  # the store to find the run in
     run, logged_overrides, logged_config = fetch(run_id, str(cfg.mlflow.tracking_uri))
+    run_id = run.info.run_id  # in full, where the user gave its start
 
     replaced = {override_key(o) for o in given}
     overrides, masked = [], []
@@ -72,10 +74,10 @@ def fetch(run_id: str, tracking_uri: str):
     where = "give the store it was logged to with paths.output_root=... or mlflow.tracking_uri=..."
     require_store(tracking_uri, f"rerun={run_id}: there is no MLflow store at {tracking_uri}; {where}")
     client = MlflowClient(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise NfTrainerError(f"rerun={run_id}: no such run in {tracking_uri}; {where}") from None
+    run = find_run(client, run_id)  # the 8 characters `python -m nf_trainer.runs` shows are enough
+    if run is None:
+        raise NfTrainerError(f"rerun={run_id}: no such run in {tracking_uri}; {where}")
+    run_id = run.info.run_id
     if SWEEP_KEY_TAG in run.data.tags:
         raise NfTrainerError(f"rerun={run_id} is a sweep's parent run: rerun one of its jobs "
                              f"(python -m nf_trainer.runs list {run_id} shows them)")

@@ -20,6 +20,7 @@ from nf_trainer.jobs.summary import short_number
 from nf_trainer.sweep.info import objective_mode
 from nf_trainer.sweep.store import SWEEP_KEY_TAG, children, differing_keys, latest_sweep, sweeps
 from nf_trainer.sweep.summary import table
+from nf_trainer.tracking import run_lookup
 from nf_trainer.tracking.interface import OBJECTIVE
 from nf_trainer.tracking.server import require_store
 
@@ -99,18 +100,11 @@ def select_runs(client, experiment, ids: list[str], default_mode: str):
 
 
 def find_run(client, experiment_id: str, run_id: str):
-    """A run by its id, or by the first characters of it (the tables show 8)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        pass
-    found = [r for r in client.search_runs([experiment_id], max_results=50000) if r.info.run_id.startswith(run_id)]
-    if len(found) != 1:
-        why = "no run" if not found else f"{len(found)} runs"
-        raise NfTrainerError(f"{why} in this experiment with an id starting '{run_id}': give more of the id")
-    return found[0]
+    """A run of this experiment by its id, or by the first characters of it (the tables show 8)."""
+    run = run_lookup.find_run(client, run_id, [experiment_id])
+    if run is None:
+        raise NfTrainerError(f"no run in this experiment with an id starting '{run_id}': give more of the id")
+    return run
 
 
 def sweeps_table(client, experiment) -> str:

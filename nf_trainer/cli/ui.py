@@ -22,6 +22,7 @@ from pathlib import Path
 from nf_trainer.cli.compose import project_config
 from nf_trainer.cli.runs_table import missing_store_message
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.tracking.run_lookup import find_run
 from nf_trainer.tracking.server import is_remote, require_store
 from nf_trainer.tracking.ui_link import runs_url
 
@@ -105,16 +106,14 @@ def serve(options) -> list[str] | None:
 def page(uri: str, name: str, run_id: str | None) -> tuple[str, str | None, str | None]:
     """(what is shown, its experiment id, the run id): the experiment's runs table, or the run's page."""
     from mlflow import MlflowClient  # lazy: --help and a wrong port fail without it
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(uri)
     if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
+        run = find_run(client, run_id)
+        if run is None:
             raise NfTrainerError(f"--run {run_id}: no such run in {uri}; point at its store with paths.output_root=... "
-                                 "or mlflow.tracking_uri=...") from None
-        return f"run {run_id} ({run.info.run_name})", run.info.experiment_id, run_id
+                                 "or mlflow.tracking_uri=...")
+        return f"run {run.info.run_id} ({run.info.run_name})", run.info.experiment_id, run.info.run_id
     experiment = client.get_experiment_by_name(name)
     return f"experiment '{name}'", experiment.experiment_id if experiment else None, None
 
