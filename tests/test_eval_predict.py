@@ -73,9 +73,9 @@ def test_all_metrics_are_logged_per_eval_set(trained):
         assert all(0 <= m.value <= (10 if name == "loss" else 1) for m in history), name
     accuracy = metric_history(out, run.info.run_id, "val/digits/accuracy")[-1].value
     assert metric_history(out, run.info.run_id, "val/digits/accuracy_top5")[-1].value >= accuracy
-    logged = set(run.data.metrics)  # the train set: all but the `eval_only` entries (AUROC, calibration)
-    assert {"train/accuracy", "train/f1", "train/f1_micro", "train/loss"} <= logged
-    assert not {"train/auroc", "train/calibration_error"} & logged
+    logged = set(run.data.metrics)  # the train set: all but the `eval_only` entries (top-5, micro, AUROC, calibration)
+    assert {"train/accuracy", "train/precision", "train/recall", "train/f1", "train/loss"} <= logged
+    assert not {"train/accuracy_top5", "train/f1_micro", "train/auroc", "train/calibration_error"} & logged
     assert metric_history(out, run.info.run_id, "val/digits/f1_micro")[-1].value == pytest.approx(accuracy)
 
 
