@@ -9,6 +9,9 @@ A node may name its target three ways:
   {_target_: SGD, lr: 0.1}                        short name, looked up in `module`
   {module: SGD, args: {lr: 0.1}}                  the original design's form
 Keyword arguments pass pre-built objects and override values from the config.
+
+`_tasks_: [detection, ...]` in a node declares the tasks (`task=`) the option serves; it is checked when the
+config is validated (core/config.py) and never reaches the target.
 """
 from __future__ import annotations
 
@@ -25,11 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.core.errors import NfTrainerError
 
+TASKS_KEY = "_tasks_"  # the tasks an option serves (model, dataset, transforms/augment ...)
+
 
 def create_instance(node: Mapping | DictConfig, module: types.ModuleType | str | None = None, **kwargs: Any) -> Any:
     name = _node_name(node)
     config = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     config = _from_module_args_form(config)
+    config.pop(TASKS_KEY, None)  # ours, not the target's: checked by core/config.py
     if "_target_" not in config:
         raise NfTrainerError(f"{name}: the config node has no '_target_' (got keys {sorted(config)})")
     target = config["_target_"]

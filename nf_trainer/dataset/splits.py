@@ -20,6 +20,8 @@ class DataSplits:
     in_channels: int
     image_size: int
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): skipped before training
+    # (file, what was done): annotations repaired on reading, e.g. a box clipped to its image or dropped (zero area)
+    annotation_fixes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
