@@ -38,12 +38,12 @@ def measuring_fit(pairs: int, times: dict[str, list[float]]):
 
     def fit(parts, settings, state, tracker, *rest):
         (set_name, val_loader), = parts.eval_loaders.items()
-        metrics = copy.deepcopy(parts.eval_metrics[set_name])  # (a)'s own collection of the same metric entries
+        metrics = copy.deepcopy(parts.eval_metrics[set_name].metrics)  # (a)'s own collection of the same metric entries
         short = dataclasses.replace(settings, max_epochs=EPOCHS)
 
         def hand_epochs():
             for _ in range(EPOCHS):
-                hand_epoch(parts.model, parts.optimizer, parts.scheduler.epoch_ended, parts.loss_fn, parts.train_loader,
+                hand_epoch(parts.model, parts.optimizer, parts.scheduler.epoch_ended, parts.task.loss_fn, parts.train_loader,
                            val_loader, metrics, settings.device, torch.channels_last, parts.speed.dtype)
 
         sides = {"hand-written": hand_epochs, "nf_trainer": lambda: loop.fit(parts, short, LoopState(), tracker)}

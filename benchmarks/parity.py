@@ -68,7 +68,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
     from nf_trainer.model.build import build_model, data_facts
     from nf_trainer.model.finetune import build_optimizer
     from nf_trainer.trainer import speed
-    from nf_trainer.trainer.metrics import build_metrics
+    from nf_trainer.trainer.metrics import BatchedUpdates, build_collection
     from nf_trainer.trainer.schedule import build_schedule
     from nf_trainer.transforms import build_transforms
 
@@ -94,7 +94,7 @@ def handwritten(case: str, out: Path, device_name: str) -> float:
                                 **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
     scheduler = build_schedule(cfg.scheduler, optimizer, len(train_loader), cfg.trainer.max_epochs).scheduler  # per epoch
     loss_fn = torch.nn.CrossEntropyLoss()
-    metrics = build_metrics(cfg.metrics, data.num_classes, device)
+    metrics = BatchedUpdates(build_collection(cfg.metrics, {"num_classes": data.num_classes}, device))  # as (b)'s
     dtype = speed.autocast_dtype(cfg.trainer.precision, device)
 
     with Timer() as timer:

@@ -138,7 +138,7 @@ CASES = [
          "no checkpoint at '{tmp}/nowhere/last.pt': give resume= a .pt file or a run's output dir"),
     Case("resume_corrupt_checkpoint", (*FAST, "resume={tmp}/copy"),
          "checkpoint '{tmp}/copy/last.pt' is corrupt or truncated (PytorchStreamReader failed reading zip archive: "
-         "failed finding central directory); the last good one is '{tmp}/copy/best-f1.pt' (epoch 1)",
+         "failed finding central directory); the last good one is '{tmp}/copy/best-loss.pt' (epoch 1)",
          setup=corrupt_copy),
     Case("checkpoint_of_another_model", (*FAST, "model=efficientnet_b0", "resume={earlier}/last.pt"),
          "does not fit this model (was it trained with another model=?)"),

@@ -31,7 +31,7 @@ def test_torchrun_two_ranks_match_a_single_process_run(default_run, tmp_path):
     assert [m.step for m in metric_history(ddp, run.info.run_id, "val/digits/accuracy")] == list(range(1, 21))
     run_dirs = sorted(p.parent for p in (ddp / "runs").rglob("last.pt"))
     assert run_dirs == [Path(run.data.tags["output_dir"])]  # one set of checkpoints
-    assert {p.name for p in run_dirs[0].glob("*.pt")} == {"last.pt", "best-f1.pt", "best-loss.pt"}
+    assert {p.name for p in run_dirs[0].glob("*.pt")} == {"last.pt", "best-loss.pt"}
 
     final = lambda out, r: metric_history(out, r.info.run_id, "val/digits/accuracy")[-1].value
     # not bitwise: each rank draws its own augmentation; within 7 of the 360 val images of the single process

@@ -13,12 +13,14 @@ PLUGIN = ROOT / "hydra_plugins" / "nf_trainer_optuna"  # our Hydra sweeper: Hydr
 LAYERS = [
     ("core", ["nf_trainer", "nf_trainer.core"]),
     ("building blocks", ["nf_trainer.dataset", "nf_trainer.transforms", "nf_trainer.model", "nf_trainer.trainer"]),
+    ("tasks", ["nf_trainer.tasks"]),
     ("tracking", ["nf_trainer.tracking"]),
     ("jobs", ["nf_trainer.jobs"]),
     ("sweep", ["nf_trainer.sweep", "hydra_plugins.nf_trainer_optuna"]),
     ("cli", ["nf_trainer.cli", "nf_trainer.ui", "nf_trainer.runs", "nf_trainer.prepare"]),
 ]
-NO_MLFLOW = ("nf_trainer.core", "nf_trainer.dataset", "nf_trainer.transforms", "nf_trainer.model", "nf_trainer.trainer")
+NO_MLFLOW = ("nf_trainer.core", "nf_trainer.dataset", "nf_trainer.transforms", "nf_trainer.model", "nf_trainer.trainer",
+             "nf_trainer.tasks")
 
 
 def module_name(path: Path) -> str:

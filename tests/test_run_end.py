@@ -53,7 +53,7 @@ def test_the_summary_block_holds_what_mlflow_reads_back(env_run):
     assert f"run FINISHED: {run.info.run_name}" in block and run.info.status == "FINISHED"
     assert f"best val/digits/loss: {objective.value:#.4g} at epoch {objective.step}\n" in block
     checkpoint = re.search(r"best checkpoint: (\S+)", block).group(1)
-    assert checkpoint == f"{run.data.tags['output_dir']}/best-f1.pt"
+    assert checkpoint == f"{run.data.tags['output_dir']}/best-loss.pt"  # the objective's metric: they agree
     assert f"MLflow run: {run.info.run_id} in {env['MLFLOW_TRACKING_URI']}" in block
     command = re.search(r"open it: (.+)", block).group(1)
     # the overrides that chose the store come along (here the output root, which the environment's store overrides)

@@ -42,7 +42,7 @@ def test_artifacts_and_the_store_hold_no_secret(sweep, tmp_path):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     names = {p.relative_to(local).as_posix() for p in files}
     assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml", "hydra/config_resolved.yaml",
-            "checkpoints/best-f1.pt", "main.log"} <= names
+            "checkpoints/best-loss.pt", "main.log"} <= names
     for path in files:  # text and checkpoints (the config stored in them) alike
         assert not leaks(path.read_bytes()), path
     logged = yaml.safe_load((tmp_path / "hydra/config_resolved.yaml").read_text())  # still valid YAML

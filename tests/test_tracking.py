@@ -6,8 +6,10 @@ import inspect
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nf_trainer.tracking.child import ChildProcessTracker
 from nf_trainer.tracking.factory import open_tracker
@@ -26,7 +28,8 @@ def signature(cls, name: str) -> list[tuple[str, object]]:
 
 def test_the_interface_names_every_call_a_job_makes():
     assert set(TRACKER_METHODS) == {"start", "log_metrics", "log_step_metrics", "log_objective", "log_artifact",
-                                    "log_text", "log_inputs", "log_model", "set_tags", "run_name_of", "end", "close"}
+                                    "log_text", "log_image", "log_inputs", "log_model", "set_tags", "run_name_of", "end",
+                                    "close"}
 
 
 @pytest.mark.parametrize("implementation", [MlflowTracker, NullTracker])
@@ -96,6 +99,9 @@ def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, 
     child.log_artifact(tmp_path / "missing.txt")  # skipped, not an error
     child.log_text("text with hunter2-x", "error/traceback.txt")
     child.set_tags({"error": "boom"})
+    picture = np.zeros((6, 4, 3), np.uint8)
+    picture[:, :, 0] = 255  # red
+    child.log_image(picture, "val/digits/predictions", step=2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     uri = child.log_model(model, torch.rand(2, 1, 2, 2), ["a", "b", "c"])
     assert uri.startswith(f"runs:/{run_id}/model")
@@ -112,6 +118,10 @@ def test_the_child_process_tracker_forwards_every_method_to_a_real_store(child, 
     notes = Path(client(out).download_artifacts(run_id, "extra/notes.txt", str(tmp_path / "dl"))).read_text()
     text = Path(client(out).download_artifacts(run_id, "error/traceback.txt", str(tmp_path / "dl"))).read_text()
     assert "hunter2-x" not in notes + text and MASK in notes
+    (png,) = [a.path for a in client(out).list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert "val~digits~predictions+step+2+" in png  # the key and its step, which the run page's image view reads
+    shown = np.asarray(Image.open(client(out).download_artifacts(run_id, png, str(tmp_path / "dl"))))
+    assert shown.shape == (6, 4, 3) and (shown[..., 0] == 255).all()
     import mlflow
 
     with environment(MLFLOW_TRACKING_URI=None):  # set_tracking_uri exports it, and the config would read it

@@ -97,8 +97,8 @@ def test_a_sweep_logs_in_full_to_a_team_server(http_sweep):
         assert {a.path for a in client.list_artifacts(child.info.run_id, "hydra")} >= {
             "hydra/config_resolved.yaml", "hydra/overrides.yaml"}
         assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")} == {
-            "checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
-        assert list(artifacts.rglob(f"{child.info.run_id}/artifacts/checkpoints/best-f1.pt"))
+            "checkpoints/best-loss.pt"}
+        assert list(artifacts.rglob(f"{child.info.run_id}/artifacts/checkpoints/best-loss.pt"))
     assert not (out / "mlflow.db").exists()  # nothing went to a local store
     if not database.startswith("postgresql://"):
         pytest.skip("PostgreSQL is not installed here: the same sweep ran against a sqlite-backed server")

@@ -38,7 +38,7 @@ def test_default_run_logs_params_metrics_tags_artifacts(default_run):
     hydra_files = {a.path for a in client(out).list_artifacts(run.info.run_id, "hydra")}
     assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/config_resolved.yaml"} <= hydra_files
     ckpts = {a.path for a in client(out).list_artifacts(run.info.run_id, "checkpoints")}
-    assert ckpts == {"checkpoints/best-f1.pt", "checkpoints/best-loss.pt"}
+    assert ckpts == {"checkpoints/best-loss.pt"}  # one monitor: the objective's metric (the task's, val loss)
 
 
 @pytest.mark.slow  # python main.py itself, 20 epochs
@@ -46,11 +46,14 @@ def test_default_run_writes_checkpoints(default_run):
     out, run, _ = default_run
     out_dir = run.data.tags["output_dir"]
     last = torch.load(f"{out_dir}/last.pt", weights_only=True)
-    best = torch.load(f"{out_dir}/best-f1.pt", weights_only=True)
+    best = torch.load(f"{out_dir}/best-loss.pt", weights_only=True)
     assert last["epoch"] == 20 and last["run_id"] == run.info.run_id and last["classes"] == [str(i) for i in range(10)]
-    f1 = [m.value for m in metric_history(out, run.info.run_id, "val/digits/f1")]
-    assert best["metrics"]["val/digits/f1"] == pytest.approx(max(f1))
-    assert best["best"]["f1"]["best"] == pytest.approx(max(f1))
+    losses = [m.value for m in metric_history(out, run.info.run_id, "val/digits/loss")]
+    assert best["metrics"]["val/digits/loss"] == pytest.approx(min(losses))
+    assert best["best"]["loss"]["best"] == pytest.approx(min(losses))
+    # the objective, the best checkpoint and the logged model agree: the same metric, the same epoch
+    (objective,) = client(out).get_metric_history(run.info.run_id, "objective")
+    assert best["epoch"] == objective.step and best["metrics"]["val/digits/loss"] == pytest.approx(objective.value)
 
 
 @pytest.mark.slow  # python main.py itself, 20 epochs
@@ -83,7 +86,7 @@ def test_early_stopping_stops_when_nothing_improves(out):
     # epoch 1 sets the best loss; epochs 2 and 3 do not improve on it -> stop after 3 epochs
     assert [m.step for m in metric_history(out, run.info.run_id, "val/digits/loss")] == [1, 2, 3]
     out_dir = run.data.tags["output_dir"]
-    for name in ("last.pt", "best-f1.pt", "best-loss.pt"):
+    for name in ("last.pt", "best-loss.pt"):
         ckpt = torch.load(f"{out_dir}/{name}", weights_only=True)
         assert set(ckpt["model"]) == set(torch.load(f"{out_dir}/last.pt", weights_only=True)["model"])
     assert torch.load(f"{out_dir}/last.pt", weights_only=True)["early_stop"]["bad_epochs"] == 2

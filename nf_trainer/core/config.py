@@ -19,13 +19,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.option_ranges import option_checks
 from nf_trainer.core.paths import project_root
+from nf_trainer.core.task_fit import check_task_fit
 
 
 @dataclass
 class EarlyStoppingConf:
     enabled: bool = True
-    monitor: str = "loss"  # a metric name: full ('val/digits/loss') or short ('loss', first eval set)
-    mode: str = "auto"  # auto: min for loss-like names, max otherwise
+    monitor: str = "${objective.metric}"  # a metric name: full ('val/digits/loss') or short ('loss', first eval set)
+    mode: str = "${objective.mode}"  # auto: min for loss-like names, max otherwise
     patience: int = 5
     min_delta: float = 0.0
 
@@ -43,12 +44,14 @@ class TrainerConf:
     limit_train_batches: Optional[int] = None  # cap batches per epoch (debugging)
     limit_eval_batches: Optional[int] = None
     log_every_n_steps: int = 10  # per-step train loss, logged asynchronously
-    save_best: List[str] = field(default_factory=lambda: ["f1", "loss"])  # one best-<name>.pt each; 'name:min|max'
+    # one best-<name>.pt each ('name:min|max'); the first is the model the run ends with (reports, MLflow model)
+    save_best: List[str] = field(default_factory=lambda: ["${objective.metric}"])
     early_stopping: EarlyStoppingConf = field(default_factory=EarlyStoppingConf)
     deterministic: bool = False  # torch's deterministic algorithms: bitwise-exact resume on CPU
     progress_bar: bool = True
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over all ranks
     checkpoint_every_n_steps: int = 0  # also write last.pt every N steps, resumable mid-epoch (0: epoch ends only)
+    pictures: int = 16  # val images drawn with the predictions at each evaluation, logged by step (0: none)
     nonfinite: str = "stop"  # a NaN/Inf training loss: stop (the run FAILED, last good checkpoint kept) | skip the batch
     # speed (nf_trainer/trainer/speed.py, docs/performance.md)
     precision: str = "auto"  # auto | 32 | bf16 | 16 (autocast; auto: bf16 on CUDA GPUs that have it, else 32)
@@ -101,7 +104,9 @@ class MlflowConf:  # mlflow=team (conf/mlflow/team.yaml) points these at a track
 
 @dataclass
 class ObjectiveConf:
-    metric: str = "loss"  # what main.py returns and sweeps optimize: the best value of this metric over the epochs
+    # what main.py returns and sweeps optimize: the best value of this metric over the epochs. By default the task's
+    # monitor (classification: loss, detection: map), which early stopping and the best checkpoint follow too
+    metric: str = "${task.monitor}"
     mode: str = "auto"  # auto: min for loss-like names, max otherwise
 
 
@@ -133,9 +138,10 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     loader: LoaderConf = field(default_factory=LoaderConf)
     mlflow: MlflowConf = field(default_factory=MlflowConf)
+    task: Any = MISSING  # classification | detection | a Task of your own (conf/task/, docs/tasks.md)
     optimizer: Any = MISSING
     scheduler: Any = None
-    loss: Any = MISSING
+    loss: Any = None  # null where the model computes its own losses (torchvision detectors)
     model: Any = MISSING
     dataset: Any = MISSING
     transforms: Any = MISSING
@@ -160,14 +166,16 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-def validate(cfg) -> None:
-    """Value checks the schema's types cannot express; run before any heavy import."""
+def validate(cfg, choices: dict[str, str] | None = None) -> None:
+    """Value checks the schema's types cannot express; run before any heavy import. `choices`: Hydra's group ->
+    chosen option, which the messages name."""
     checks = [
         (cfg.trainer.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {cfg.trainer.max_epochs}"),
         (cfg.loader.batch_size >= 1, f"loader.batch_size must be >= 1, got {cfg.loader.batch_size}"),
         (cfg.loader.num_workers >= 0, f"loader.num_workers must be >= 0, got {cfg.loader.num_workers}"),
         (cfg.trainer.early_stopping.patience >= 1, "trainer.early_stopping.patience must be >= 1"),
         (cfg.trainer.log_every_n_steps >= 0, "trainer.log_every_n_steps must be >= 0 (0 turns per-step logging off)"),
+        (cfg.trainer.pictures >= 0, f"trainer.pictures must be >= 0 (0 draws none), got {cfg.trainer.pictures}"),
         (cfg.trainer.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps must be >= 0 (0: at epoch ends only)"),
         (cfg.trainer.nonfinite in ("stop", "skip"), f"trainer.nonfinite must be stop or skip, not '{cfg.trainer.nonfinite}'"),
         (cfg.loader.decode in ("auto", "cpu", "gpu"), f"loader.decode must be one of auto, cpu, gpu, not '{cfg.loader.decode}'"),
@@ -203,6 +211,7 @@ def validate(cfg) -> None:
     for ok, message in checks:
         if not ok:
             raise NfTrainerError(message)
+    check_task_fit(cfg, choices)  # task=detection model=resnet18 (core/task_fit.py)
     # top-level keys of your own are fine (`+db.password=...`, read through ${db.password} by your configs)
     added = [key for name in cfg if isinstance(cfg._get_node(name), DictConfig)
              for key in unread_keys(cfg._get_node(name), str(name))]

@@ -5,11 +5,13 @@ resolved against the keys a run will log by `resolve_key`.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from nf_trainer.core.errors import NfTrainerError
 
 AVERAGE = "avg"  # the eval-set name of the mean over several eval sets
+NOT_IN_KEYS = re.compile(r"[^0-9A-Za-z_\-. /]")  # MLflow's metric keys: letters, digits, _ - . space /
 LOSS_LIKE = ("loss", "error", "calibration")  # names that are minimised under mode=auto
 
 
@@ -18,17 +20,23 @@ def metric_key(metric: str, eval_set: str | None = None) -> str:
     return f"train/{metric}" if eval_set is None else f"val/{eval_set}/{metric}"
 
 
+def per_class_key(metric: str, class_name: str) -> str:
+    """'<metric>/<class name>' (per-class AP, IoU, ...), the name's characters that MLflow refuses in a key as '_'."""
+    return f"{metric}/{NOT_IN_KEYS.sub('_', str(class_name))}"
+
+
 def eval_set_names(eval_sets: Iterable[str]) -> list[str]:
     """The eval sets a run logs: each one, and `avg` when there are several."""
     names = list(eval_sets)
     return names + ([AVERAGE] if len(names) > 1 else [])
 
 
-def known_keys(eval_sets: Iterable[str], eval_metrics: Iterable[str],
-               train_metrics: Iterable[str] | None = None) -> set[str]:
-    """Every epoch metric a run logs, loss included; the train set's only when it trains (`train_metrics`)."""
-    keys = {metric_key(m, name) for name in eval_set_names(eval_sets) for m in ["loss", *eval_metrics]}
-    return keys if train_metrics is None else keys | {metric_key(m) for m in ["loss", *train_metrics]}
+def known_keys(eval_sets: Iterable[str], eval_names: Iterable[str], train_names: Iterable[str] | None = None) -> set[str]:
+    """Every epoch metric a run logs: `eval_names` (its task's, loss included where there is one) for each eval
+    set, and `train_names` for the train set when it trains."""
+    eval_names = list(eval_names)
+    keys = {metric_key(m, name) for name in eval_set_names(eval_sets) for m in eval_names}
+    return keys if train_names is None else keys | {metric_key(m) for m in train_names}
 
 
 def resolve_key(name: str, eval_sets: list[str], known: set[str]) -> str:

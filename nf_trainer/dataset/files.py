@@ -67,13 +67,13 @@ class ImageFileDataset(Dataset):
         return h.hexdigest()[:16]
 
 
-def collate_valid(batch):
-    """(images, targets, bad files) of a batch: default_collate over the samples that loaded, and the (path,
+def collate_valid(batch, collate=default_collate):
+    """(inputs, targets, bad files) of a batch: `collate` (the task's) over the samples that loaded, and the (path,
     reason) of those that did not (a BadFile in their place), for `CountBadFiles` in the main process."""
     kept = [sample for sample in batch if not isinstance(sample, BadFile)]
     bad = [tuple(sample) for sample in batch if isinstance(sample, BadFile)]
     with batch_errors(kept):
-        return (*default_collate(kept), bad)
+        return (*collate(kept), bad)
 
 
 @contextlib.contextmanager

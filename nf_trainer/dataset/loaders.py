@@ -1,13 +1,16 @@
-"""The data of a job: the dataset builder's splits with their transforms, and a DataLoader per split."""
+"""The data of a job: the dataset builder's splits with their transforms, and a DataLoader per split whose
+batches the task collates."""
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.instantiate import create_instance
@@ -31,16 +34,37 @@ class Data:
         return {name: self.loaders[name] for name in self.splits.eval}
 
 
-def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank: int = 0) -> Data:
-    """Under torchrun each rank reads its own shard (DistributedSampler); `loader.batch_size` is per rank."""
-    lc = cfg.loader
-    decode = resolve_decode(lc.decode, device)  # loader.decode=gpu without CUDA fails here, before anything is built
-    on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
-    train_tf, eval_tf, device_tf = (build_transforms_for_device(cfg.transforms) if on_device
-                                    else (*build_transforms(cfg.transforms), None))
+def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank: int = 0,
+               collate: Callable = default_collate) -> Data:
+    """The splits and their loaders in one go (a classification job's batches: `default_collate`)."""
+    return build_loaders(cfg, read_splits(cfg, device), device, collate, world_size, rank)
+
+
+def read_splits(cfg: DictConfig, device: torch.device) -> DataSplits:
+    """The dataset builder's splits, each with its transforms (up to the steps that run on the device)."""
+    resolve_decode(cfg.loader.decode, device)  # loader.decode=gpu without CUDA fails here, before anything is built
+    train_tf, eval_tf, _ = split_transforms(cfg, device)
     splits = create_instance(cfg.dataset, train_transform=train_tf, eval_transform=eval_tf)
     if len(splits.train) == 0:
         raise NfTrainerError("the dataset has no train images: check dataset.root, dataset.train_csv, dataset.val_fraction")
+    return splits
+
+
+def split_transforms(cfg: DictConfig, device: torch.device):
+    """(train, eval, device) pipelines: the device one (ToDtype/Normalize on whole batches) when the loader
+    normalizes on the device, else None."""
+    lc = cfg.loader
+    on_device = device.type == "cuda" if lc.normalize_on_device is None else lc.normalize_on_device
+    return build_transforms_for_device(cfg.transforms) if on_device else (*build_transforms(cfg.transforms), None)
+
+
+def build_loaders(cfg: DictConfig, splits: DataSplits, device: torch.device, collate: Callable = default_collate,
+                  world_size: int = 1, rank: int = 0) -> Data:
+    """A DataLoader per split; `collate` makes a batch of samples (the task's). Under torchrun each rank reads its
+    own shard (DistributedSampler); `loader.batch_size` is per rank."""
+    lc = cfg.loader
+    decode = resolve_decode(lc.decode, device)
+    device_tf = split_transforms(cfg, device)[2]
     if lc.class_balanced and world_size > 1:
         raise NfTrainerError("loader.class_balanced is not supported under torchrun yet: drop it or run in one process")
     common = dict(
@@ -49,7 +73,7 @@ def build_data(cfg: DictConfig, device: torch.device, world_size: int = 1, rank:
         pin_memory=device.type == "cuda" if lc.pin_memory is None else lc.pin_memory,
         persistent_workers=lc.persistent_workers and lc.num_workers > 0,
         prefetch_factor=lc.prefetch_factor if lc.num_workers > 0 else None,
-        collate_fn=collate_valid,  # drops a sample whose file failed to decode; CountBadFiles counts it
+        collate_fn=partial(collate_valid, collate=collate),  # drops a sample whose file failed to decode; CountBadFiles counts it
     )
     generator = torch.Generator()
 

@@ -6,12 +6,13 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nf_trainer.jobs.export import export_model
 from nf_trainer.jobs.reports import report_eval_sets
 from nf_trainer.jobs.run_record import record_log
 from nf_trainer.model.build import for_export
+from nf_trainer.tasks.base import move
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.trainer.checkpoint import load_checkpoint
 from nf_trainer.trainer.distributed import barrier, unwrap
@@ -21,24 +22,26 @@ from nf_trainer.transforms import node_list
 log = logging.getLogger("nf_trainer")
 
 
-def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, classes: list[str], tracker: Tracker) -> Path:
+def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, tracker: Tracker) -> Path:
     """Returns the best checkpoint's path."""
     barrier()  # under torchrun, rank 0 has written the best checkpoint: every rank loads it
     path = best_checkpoint(settings.out_dir, list(parts.best))
     ckpt = load_checkpoint(path)
     unwrap(parts.model).load_state_dict(ckpt["model"])
     log.info("best model: %s (epoch %d)", path.name, ckpt["epoch"])
-    report_eval_sets(parts.model, parts.eval_loaders, classes, settings.device, settings.limit_eval_batches,
+    report_eval_sets(parts.task, parts.model, parts.eval_loaders, settings.device, settings.limit_eval_batches,
                      settings.out_dir, tracker)
     if settings.is_main and (cfg.mlflow.log_model or cfg.export):
         example = example_batch(parts)
         model = for_export(unwrap(parts.model))
         if cfg.mlflow.log_model:
-            uri = tracker.log_model(model, example, classes, cfg.mlflow.registered_model_name,
-                                    node_list(cfg.transforms.get("eval")), cfg.mlflow.registered_model_alias)
+            uri = tracker.log_model(model, example, parts.task.classes, cfg.mlflow.registered_model_name,
+                                    node_list(cfg.transforms.get("eval")), cfg.mlflow.registered_model_alias,
+                                    task=OmegaConf.to_container(cfg.task, resolve=True))
             log.info("logged the model: %s", uri)
         if cfg.export:
-            tracker.log_artifact(export_model(model, example, list(cfg.export), settings.out_dir / "export"), "export")
+            folder = export_model(parts.task, model, example, list(cfg.export), settings.out_dir / "export")
+            tracker.log_artifact(folder, "export")
     log_checkpoints(tracker, settings.out_dir, cfg.mlflow.log_checkpoints)
     record_log(tracker, settings.out_dir)
     return path
@@ -52,11 +55,12 @@ def best_checkpoint(out_dir: Path, stems: list[str]) -> Path:
     return out_dir / "last.pt"
 
 
-def example_batch(parts: Parts) -> torch.Tensor:
-    """2 real images after the eval transforms, on the CPU: an example batch of 1 would freeze the batch size."""
+def example_batch(parts: Parts):
+    """2 real inputs after the eval transforms, on the CPU: an example batch of 1 would freeze the batch size."""
     loader = next(iter(parts.eval_loaders.values()), parts.train_loader)
-    images = next(iter(loader))[0][:2]
-    return torch.cat([images, images])[:2].cpu()
+    inputs = next(iter(loader))[0]
+    two = [*inputs[:2], *inputs[:2]][:2]  # a batch of 1, twice
+    return torch.stack(two).cpu() if isinstance(inputs, torch.Tensor) else move(two, torch.device("cpu"))
 
 
 def log_checkpoints(tracker: Tracker, out_dir: Path, which: str) -> None:

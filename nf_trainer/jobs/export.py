@@ -17,8 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from nf_trainer.core.config import EXPORT_FORMATS
-from nf_trainer.core.errors import NfTrainerError
-from nf_trainer.jobs.from_checkpoint import checkpoint_model, open_checkpoint, start_checkpoint_run
+from nf_trainer.jobs.from_checkpoint import checkpoint_model, checkpoint_task, open_checkpoint, start_checkpoint_run
 from nf_trainer.jobs.run_record import output_dir, record_config, record_log
 from nf_trainer.model.build import for_export
 from nf_trainer.tracking.interface import Tracker
@@ -29,14 +28,15 @@ log = logging.getLogger("nf_trainer")
 ONNX_SINGLE_FILE_LIMIT = 1_500_000_000  # bytes of weights; above that ONNX keeps them in a side file (2 GB protobuf cap)
 
 
-def export_model(model: torch.nn.Module, example: torch.Tensor, formats: list[str], folder: Path) -> Path:
-    """Write each format into `folder`; `example` is a CPU batch of at least 2 inputs."""
+def export_model(task, model: torch.nn.Module, example, formats: list[str], folder: Path) -> Path:
+    """Write each format into `folder`; `example` is a CPU batch of at least 2 inputs (the task's TorchScript
+    traces or scripts the model, `Task.torchscript`)."""
     model = for_export(model)
     folder.mkdir(parents=True, exist_ok=True)
     if "torchscript" in formats:
         with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export, yet still widely served
             warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(torch.jit.trace(model, example), folder / "model.torchscript.pt")
+            torch.jit.save(task.torchscript(model, example), folder / "model.torchscript.pt")
         log.info("exported %s", folder / "model.torchscript.pt")
     if "onnx" in formats:
         missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
@@ -58,16 +58,14 @@ def export(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> Non
     output dir and as the run's `export/` artifacts. Returns no objective."""
     source = open_checkpoint(cfg)
     cfg, out_dir = source.cfg, output_dir()
-    facts = source.facts
-    if not facts["image_size"]:
-        raise NfTrainerError(f"checkpoint '{source.path}' records no image size to build an example input from")
-    model = checkpoint_model(source, torch.device("cpu"))
-    example = torch.rand(2, facts["in_channels"], facts["image_size"], facts["image_size"])
+    task = checkpoint_task(source)
+    model = checkpoint_model(source, task, torch.device("cpu"))
+    example = task.example_input(source.facts, source.path)
 
     start_checkpoint_run(source, tracker, out_dir, extra_tags)
     with tracked_outcome(tracker, out_dir):
         record_config(cfg, tracker, out_dir)
-        folder = export_model(model, example, list(cfg.export) or list(EXPORT_FORMATS), out_dir / "export")
+        folder = export_model(task, model, example, list(cfg.export) or list(EXPORT_FORMATS), out_dir / "export")
         log.info("exported %s to %s", source.path, folder)
         tracker.log_artifact(folder, "export")
         record_log(tracker, out_dir)

@@ -2,10 +2,10 @@
 and the MLflow run that records the job.
 
 A checkpoint carries the training run's resolved config, its class names, the data's facts
-(num_classes, in_channels, image_size) and its MLflow run id. The model, dataset, transforms and
-loss come from that config, so `python main.py mode=eval ckpt=PATH` needs nothing else; a group or
-key given on the command line (`dataset=...`, `transforms.eval=...`) replaces the checkpoint's.
-Everything else (metrics, loader, trainer.device, mlflow, ...) comes from the command line as usual.
+(num_classes, in_channels, image_size) and its MLflow run id. The task, model, dataset, transforms,
+loss and metrics come from that config, so `python main.py mode=eval ckpt=PATH` needs nothing else; a
+group or key given on the command line (`dataset=...`, `transforms.eval=...`) replaces the checkpoint's.
+Everything else (loader, trainer.device, mlflow, ...) comes from the command line as usual.
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.jobs.run_record import overrides, run_params, run_tags
 from nf_trainer.model.build import build_model, load_weights
+from nf_trainer.tasks import Task, build_task
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
 
 log = logging.getLogger("nf_trainer")
 
-FROM_CHECKPOINT = ("model", "dataset", "transforms", "loss")
+FROM_CHECKPOINT = ("task", "model", "dataset", "transforms", "loss", "metrics")
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,16 @@ def open_checkpoint(cfg: DictConfig) -> Source:
     return Source(ckpt, path, cfg)
 
 
-def checkpoint_model(source: Source, device: torch.device) -> torch.nn.Module:
+def checkpoint_task(source: Source, device: torch.device | None = None, loss: bool = False) -> Task:
+    """The checkpoint's task for its classes; with the `loss` group's loss (`loss`: for mode=eval)."""
+    return build_task(source.cfg, source.classes, source.facts if loss else None, device)
+
+
+def checkpoint_model(source: Source, task: Task, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model with its weights, in eval mode on `device`."""
     no_download = {key: value for key, value in (("pretrained", False), ("pretrained_path", None))
                    if key in source.cfg.model}  # the checkpoint has the weights
-    model = build_model(source.cfg.model, source.facts, **no_download)
+    model = build_model(source.cfg.model, task.model_facts(source.facts), **no_download)
     load_weights(model, source.ckpt, source.path)
     return model.to(device).eval()
 

@@ -1,13 +1,10 @@
-"""`python main.py mode=predict ckpt=PATH predict.input=DIR`: a CSV of predictions for every image under DIR.
-
-Columns: `path`, `predicted` (class name), `confidence` (its softmax probability), then
-`top1_class, top1_confidence, ..., topK_*` (`predict.topk`, at most the number of classes).
-Images get the checkpoint's eval transforms; the CSV goes to `predict.output` (default: the job's
-output dir).
+"""`python main.py mode=predict ckpt=PATH predict.input=DIR`: the checkpoint's predictions for every image under
+DIR, written out as its task writes them (classification: a CSV of the top classes; detection: COCO results
+JSON and a CSV of boxes), in each image's own pixels. Images get the checkpoint's eval transforms; the CSV goes
+to `predict.output` (default: predictions.csv in the job's output dir), other files beside it.
 """
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 
@@ -18,11 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 from nf_trainer.core.device import resolve_device
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.images import load_image
-from nf_trainer.jobs.from_checkpoint import checkpoint_model, open_checkpoint, start_checkpoint_run
+from nf_trainer.jobs.from_checkpoint import checkpoint_model, checkpoint_task, open_checkpoint, start_checkpoint_run
 from nf_trainer.jobs.run_record import output_dir, record_config, record_log
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.tracking.outcome import tracked_outcome
-from nf_trainer.trainer.evaluation import predict_logits
 from nf_trainer.transforms import build_transforms
 
 log = logging.getLogger("nf_trainer")
@@ -36,27 +32,40 @@ def predict(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> No
     cfg, out_dir = source.cfg, output_dir()
     files = image_files(Path(cfg.predict.input).expanduser())
     device = resolve_device(cfg.trainer.device)
-    model = checkpoint_model(source, device)
+    task = checkpoint_task(source)
+    model = checkpoint_model(source, task, device)
     _, eval_transform = build_transforms(cfg.transforms)
     batch_size = cfg.predict.batch_size or cfg.loader.eval_batch_size or cfg.loader.batch_size
     loader = DataLoader(ImageFiles(files, source.facts["in_channels"], eval_transform), batch_size=batch_size,
-                        num_workers=cfg.loader.num_workers)
+                        num_workers=cfg.loader.num_workers, collate_fn=task.collate)
     output = Path(cfg.predict.output or out_dir / "predictions.csv").expanduser()
 
     start_checkpoint_run(source, tracker, out_dir, extra_tags)
     with tracked_outcome(tracker, out_dir):
         record_config(cfg, tracker, out_dir)
         try:
-            logits, _ = predict_logits(model, loader, device)
+            found, sizes = predict_files(task, model, loader, device)
         except RuntimeError as exc:
             if "stack expects each tensor to be equal size" not in str(exc):
                 raise
             raise NfTrainerError(f"images under {cfg.predict.input} have different sizes after the eval transforms; "
                                  "add a Resize to transforms.eval (or predict.batch_size=1)") from exc
-        write_predictions(output, files, logits.softmax(dim=1), source.classes, cfg.predict.topk)
+        for path in task.write_predictions(output, files, found, sizes, cfg.predict):
+            tracker.log_artifact(path)
         log.info("wrote %d predictions of %s to %s", len(files), source.path, output)
-        tracker.log_artifact(output)
         record_log(tracker, out_dir)
+
+
+@torch.inference_mode()
+def predict_files(task, model, loader, device) -> tuple[list, list[tuple[int, int]]]:
+    """One prediction per file, in the pixels of its own size, and the (height, width) of each file."""
+    found, sizes = [], []
+    for inputs, own_sizes in loader:
+        inputs, _ = task.to_device((inputs, None), device)
+        own = [tuple(int(v) for v in size) for size in own_sizes]
+        found += task.unbatch(task.predict(model, inputs), [tuple(image.shape[-2:]) for image in inputs], own)
+        sizes += own
+    return found, sizes
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -69,7 +78,7 @@ def image_files(folder: Path) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """(transformed image, index into `files`)."""
+    """(transformed image, the file's own (height, width))."""
 
     def __init__(self, files: list[Path], channels: int, transform=None):
         self.files, self.channels, self.transform = files, channels, transform
@@ -79,17 +88,5 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         image = load_image(self.files[index], "L" if self.channels == 1 else "RGB")  # uint8, as in training
-        return (self.transform(image) if self.transform is not None else image), index
-
-
-def write_predictions(output: Path, files: list[Path], probabilities: torch.Tensor, classes: list[str], topk: int) -> None:
-    k = min(topk, len(classes))
-    confidences, indices = probabilities.topk(k, dim=1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as f:
-        writer = csv.writer(f)
-        ranked = (f"top{i}_{what}" for i in range(1, k + 1) for what in ("class", "confidence"))
-        writer.writerow(["path", "predicted", "confidence", *ranked])
-        for file, confs, idxs in zip(files, confidences.tolist(), indices.tolist()):
-            top = [value for c, i in zip(confs, idxs) for value in (classes[i], f"{c:.6f}")]
-            writer.writerow([str(file), classes[idxs[0]], f"{confs[0]:.6f}", *top])
+        size = torch.tensor(image.shape[-2:])
+        return (self.transform(image) if self.transform is not None else image), size

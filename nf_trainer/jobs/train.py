@@ -1,7 +1,8 @@
 """`mode=train`: the recipe of a training job, as named steps, each built from the composed config.
 
-    join processes -> read the checkpoint to resume -> build the data -> the model -> the optimization
-    and the watchers -> start the MLflow run -> fit -> finish (best model, reports, exports)
+    join processes -> read the checkpoint to resume -> read the data, build the task for it, its loaders
+    -> the model -> the optimization, metrics, watchers and pictures -> start the MLflow run -> fit
+    -> finish (best model, reports, exports)
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from nf_trainer.core.device import describe_device, resolve_device, seed_everything
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.metric_keys import known_keys, resolve_key, resolve_mode
-from nf_trainer.dataset.loaders import Data, build_data
+from nf_trainer.dataset.loaders import Data, build_loaders, read_splits
 from nf_trainer.jobs.best_model import finish_training
 from nf_trainer.jobs.run_record import default_run_name, output_dir, overrides, record_config, run_params, run_tags
 from nf_trainer.jobs.summary import run_summary
 from nf_trainer.model.build import build_model, data_facts, load_weights
 from nf_trainer.model.finetune import build_optimizer
-from nf_trainer.model.losses import build_loss
+from nf_trainer.tasks import Task, build_task
 from nf_trainer.tracking.dataset_inputs import record_bad_files, record_data
 from nf_trainer.tracking.interface import Tracker
 from nf_trainer.tracking.null import NullTracker
@@ -30,14 +31,13 @@ from nf_trainer.tracking.outcome import tracked_outcome
 from nf_trainer.tracking.secrets import redact
 from nf_trainer.trainer import distributed, speed
 from nf_trainer.trainer.checkpoint import load_checkpoint, resolve_checkpoint
-from nf_trainer.trainer.guard import NonFiniteGuard, check_labels
+from nf_trainer.trainer.guard import NonFiniteGuard
 from nf_trainer.trainer.loop import fit
-from nf_trainer.trainer.metrics import build_metrics
+from nf_trainer.trainer.pictures import Pictures, first_images
 from nf_trainer.trainer.schedule import build_schedule, optimizer_steps_per_epoch
 from nf_trainer.trainer.signals import StopRequest
 from nf_trainer.trainer.state import LoopState, Parts, Settings, restore
 from nf_trainer.trainer.watch import best_watchers, early_stop_watcher
-from nf_trainer.transforms import build_batch_transform
 
 log = logging.getLogger("nf_trainer")
 
@@ -50,10 +50,9 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
     pruner, nf_trainer/sweep/study.py); the run still finishes as any other, FINISHED with its checkpoints."""
     ddp, device, out_dir = join_processes(cfg)
     resumed = read_resume(cfg)
-    data = build_data(cfg, device, ddp.world_size, ddp.rank)
-    check_labels(data.splits)
-    model, step_settings = build_training_model(cfg, data, resumed, ddp, device)
-    parts = build_parts(cfg, data, model, step_settings, ddp, device, out_dir)
+    task, data = build_task_and_data(cfg, ddp, device)
+    model, step_settings = build_training_model(cfg, task, data, resumed, ddp, device)
+    parts = build_parts(cfg, task, data, model, step_settings, ddp, device, out_dir)
     objective_key = resolve_objective(cfg, parts)
     log.debug("device %s, %d train samples, eval sets %s; objective %s", device, len(data.splits.train),
               {name: len(split) for name, split in data.splits.eval.items()}, objective_key)
@@ -74,7 +73,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
         if ddp.is_main and len(data.splits.bad_files) > bad_before:  # files that failed to decode in a batch
             record_bad_files(tracker, data.splits, out_dir, step=state.epoch)
         best = tracker.log_objective(objective_key, resolve_mode(objective_key, cfg.objective.mode))
-        checkpoint = finish_training(parts, settings, cfg, data.splits.classes, tracker)
+        checkpoint = finish_training(parts, settings, cfg, tracker)
     log.info("%s", run_summary("FINISHED", objective_key, best, checkpoint, run_id, run_name, cfg.mlflow.tracking_uri,
                                overrides()))
     return best.value
@@ -105,11 +104,20 @@ def read_resume(cfg: DictConfig) -> Resumed | None:
     return Resumed(load_checkpoint(cfg.resume), resolve_checkpoint(cfg.resume)) if cfg.resume else None
 
 
-def build_training_model(cfg: DictConfig, data: Data, resumed: Resumed | None, ddp: distributed.Dist,
+def build_task_and_data(cfg: DictConfig, ddp: distributed.Dist, device: torch.device) -> tuple[Task, Data]:
+    """The dataset's splits, the task built for them (its loss and MixUp/CutMix) and checking them, and the
+    loaders, whose batches the task collates."""
+    splits = read_splits(cfg, device)
+    task = build_task(cfg, splits.classes, data_facts(splits), device, train=True)
+    task.check_data(splits)
+    return task, build_loaders(cfg, splits, device, task.collate, ddp.world_size, ddp.rank)
+
+
+def build_training_model(cfg: DictConfig, task: Task, data: Data, resumed: Resumed | None, ddp: distributed.Dist,
                          device: torch.device) -> tuple[torch.nn.Module, speed.Speed]:
-    """The model fitted to the data, on the device, with the speed settings applied (and wrapped in DDP
-    under torchrun); the step's speed settings."""
-    model = build_model(cfg.model, data_facts(data.splits))
+    """The model fitted to the data (as the task counts its classes), on the device, with the speed settings
+    applied (and wrapped in DDP under torchrun); the step's speed settings."""
+    model = build_model(cfg.model, task.model_facts(data_facts(data.splits)))
     if resumed is not None:
         load_weights(model, resumed.ckpt, resumed.path)
     if ddp.enabled and cfg.trainer.sync_batchnorm:
@@ -121,37 +129,50 @@ def build_training_model(cfg: DictConfig, data: Data, resumed: Resumed | None, d
     return model, step_settings
 
 
-def build_parts(cfg: DictConfig, data: Data, model: torch.nn.Module, step_settings: speed.Speed,
+def build_parts(cfg: DictConfig, task: Task, data: Data, model: torch.nn.Module, step_settings: speed.Speed,
                 ddp: distributed.Dist, device: torch.device, out_dir: Path) -> Parts:
-    """The optimization (optimizer, schedule, loss), the metrics and the watchers, around the model and data."""
+    """The optimization (optimizer, schedule), the task's metrics, the watchers and the pictures, around the model
+    and data."""
     optimizer = build_optimizer(cfg.optimizer, distributed.unwrap(model),  # optimizer.head_lr: the head's own group
                                 **speed.optimizer_kwargs(cfg.optimizer, device, cfg.trainer.fused_optimizer))
     steps = optimizer_steps_per_epoch(len(data.loaders["train"]), cfg.trainer.limit_train_batches,
                                       cfg.trainer.accumulate_grad_batches)
     scheduler = build_schedule(cfg.scheduler, optimizer, steps, cfg.trainer.max_epochs)
-    splits, eval_sets = data.splits, list(data.splits.eval)
-    train_metrics = build_metrics(cfg.metrics, splits.num_classes, device, train=True)
-    known = known_keys(eval_sets, cfg.metrics, train_metrics)
+    eval_sets = list(data.splits.eval)
+    known = known_metric_keys(cfg, task, eval_sets)
     return Parts(
-        model=model, optimizer=optimizer, scheduler=scheduler,
-        loss_fn=build_loss(cfg.loss, data_facts(splits)).to(device),
+        model=model, task=task, optimizer=optimizer, scheduler=scheduler,
         train_loader=data.loaders["train"], train_generator=data.generator, eval_loaders=data.eval_loaders,
-        train_metrics=train_metrics,
-        eval_metrics={name: build_metrics(cfg.metrics, splits.num_classes, device) for name in eval_sets},
+        train_metrics=task.build_metrics(cfg.metrics, device, train=True),
+        eval_metrics={name: task.build_metrics(cfg.metrics, device) for name in eval_sets},
         best=best_watchers(cfg.trainer.save_best, eval_sets, known),
         early_stop=early_stop_watcher(cfg.trainer.early_stopping, eval_sets, known),
         speed=step_settings, guard=NonFiniteGuard(cfg.trainer.nonfinite, out_dir / "last.pt"),
-        batch_transform=build_batch_transform(cfg.transforms, splits.num_classes),
         # a DistributedSampler under torchrun; a shard stream splits itself and takes its epoch from train_generator
         train_sampler=data.loaders["train"].sampler if ddp.enabled and hasattr(data.loaders["train"].sampler, "set_epoch")
         else None,
+        pictures=build_pictures(cfg.trainer.pictures, task, data, device) if ddp.is_main else None,
     )
+
+
+def known_metric_keys(cfg: DictConfig, task: Task, eval_sets: list[str]) -> set[str]:
+    """Every epoch metric the run will log: what `objective.metric`, `trainer.save_best` and early stopping may name."""
+    return known_keys(eval_sets, task.metric_names(cfg.metrics), task.metric_names(cfg.metrics, train=True))
+
+
+def build_pictures(count: int, task: Task, data: Data, device: torch.device) -> Pictures | None:
+    """The first `count` images of the first eval set, drawn at each evaluation (`trainer.pictures`; 0: none)."""
+    if not count:
+        return None
+    name, loader = next(iter(data.eval_loaders.items()))
+    batch = first_images(task, loader, count, device)
+    return Pictures(task, batch, f"val/{name}/predictions") if batch is not None else None
 
 
 def resolve_objective(cfg: DictConfig, parts: Parts) -> str:
     """The metric key of `objective.metric`: checked before the run starts, as the watchers' are."""
     eval_sets = list(parts.eval_loaders)
-    return resolve_key(cfg.objective.metric, eval_sets, known_keys(eval_sets, cfg.metrics, parts.train_metrics.metrics))
+    return resolve_key(cfg.objective.metric, eval_sets, known_metric_keys(cfg, parts.task, eval_sets))
 
 
 def restore_state(parts: Parts, resumed: Resumed | None, where: str | None) -> LoopState:

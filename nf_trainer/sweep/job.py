@@ -30,9 +30,11 @@ log = logging.getLogger("nf_trainer")
 
 def run_hydra_job(cfg: DictConfig) -> float | None:
     """Returns the job's objective: what a sweeper (Optuna) optimizes."""
+    choices = None
     if HydraConfig.initialized():
         debug_only_ours(HydraConfig.get().verbose)
-    validate(cfg)  # a bad value fails in one line, before torch loads
+        choices = dict(HydraConfig.get().runtime.choices)
+    validate(cfg, choices)  # a bad value fails in one line, before torch loads
     check_before_run(cfg.mlflow.tracking_uri, cfg.mlflow.system_metrics)  # a wrong URL fails in a second
     tags = {CONFIG_HASH_TAG: config_hash(cfg)}
     sweep = current_sweep(cfg)

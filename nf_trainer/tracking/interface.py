@@ -49,13 +49,18 @@ class Tracker(Protocol):
     def log_text(self, text: str, artifact_file: str) -> None:
         ...
 
+    def log_image(self, image, key: str, step: int) -> None:
+        """A uint8 picture (H, W, 3) under `key` at `step`: the run page shows a key's pictures step by step."""
+
     def log_inputs(self, described: list[dict]) -> None:
         """Dataset inputs, as `tracking.dataset_inputs.describe_inputs` gives them."""
 
     def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
-                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str | None:
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None,
+                  task: dict | None = None) -> str | None:
         """`model` (a CPU torch module in eval mode) as the run's MLflow model, served on raw images through
-        `eval_transforms` (config nodes); registered (with that alias) when a name is given; returns its URI."""
+        `eval_transforms` (config nodes) and answering as `task` (its config node) does; registered (with that alias)
+        when a name is given; returns its URI."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
         ...

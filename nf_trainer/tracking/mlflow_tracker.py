@@ -150,6 +150,9 @@ class MlflowTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, scrub(text, self._secrets), artifact_file)
 
+    def log_image(self, image, key: str, step: int) -> None:
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
     def log_inputs(self, described: list[dict]) -> None:
         """MLflow dataset inputs from `nf_trainer.tracking.dataset_inputs.describe_inputs`."""
         from mlflow.data import from_numpy
@@ -166,7 +169,8 @@ class MlflowTracker:
             self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
-                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str:
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None,
+                  task: dict | None = None) -> str:
         """The model with two flavors (tracking/pyfunc.py): MLflow's pytorch one (pt2, loads back as a
         `torch.fx.GraphModule` that needs only torch) and a python_function one that takes raw images through
         `eval_transforms` (the transforms' config nodes). `example` (a CPU batch of at least 2: a batch of 1
@@ -186,7 +190,7 @@ class MlflowTracker:
                         (("torch", torch.__version__), ("torchvision", _version("torchvision")), ("pillow", _version("pillow")))]
         with restored(exported):
             info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id,
-                                    registered_model_name, requirements)
+                                    registered_model_name, requirements, task)
         registered = ""
         if registered_model_name:
             registered = f", registered as '{registered_model_name}' version {info.registered_model_version}"

@@ -30,11 +30,15 @@ class NullTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
+    def log_image(self, image, key: str, step: int) -> None:
+        pass
+
     def log_inputs(self, described: list[dict]) -> None:
         pass
 
     def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
-                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str | None:
+                  eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None,
+                  task: dict | None = None) -> str | None:
         return None
 
     def set_tags(self, tags: dict[str, str]) -> None:

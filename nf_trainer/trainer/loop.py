@@ -1,6 +1,8 @@
-"""The training loop. Read it top to bottom: `fit` runs epochs of train -> evaluate -> schedule ->
-log -> checkpoint -> early stop. Everything it uses is built from the config by nf_trainer/jobs/train.py;
-it logs through the tracker it is handed and knows nothing of MLflow.
+"""The training loop. Read it top to bottom: `fit` runs epochs of train -> evaluate -> pictures -> schedule
+-> log -> checkpoint -> early stop. Everything it uses is built from the config by nf_trainer/jobs/train.py;
+it logs through the tracker it is handed and knows nothing of MLflow. What differs between tasks (how a
+batch reaches the device, the loss and its parts, the metrics, the pictures) is the task's
+(`parts.task`, nf_trainer/tasks/base.py): the loop never looks inside a batch.
 
 Hot-loop rule: no host sync per step. Loss sums and metric states stay on the device; `.item()`
 happens once per epoch, and on the steps that log (every `trainer.log_every_n_steps`).
@@ -11,15 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 
-import torch
 from tqdm import tqdm
 
 from nf_trainer.core.metric_keys import metric_key
 from nf_trainer.trainer.checkpoint import CheckpointWriter
 from nf_trainer.trainer.distributed import rank0_decides
-from nf_trainer.trainer.evaluation import evaluate_sets, limited, results
+from nf_trainer.trainer.evaluation import evaluate_sets, limited
 from nf_trainer.trainer.speed import grad_sync
 from nf_trainer.trainer.state import LoopState, Parts, Settings, checkpoint_payload, load_partial_epoch, partial_epoch
+from nf_trainer.trainer.step import LossSums
 
 log = logging.getLogger("nf_trainer")
 
@@ -51,14 +53,16 @@ def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, wr
             parts.train_sampler.set_epoch(epoch)
         train = train_one_epoch(parts, settings, state, tracker, writer, epoch)
         metrics |= {metric_key(k): v for k, v in train.items()}
-        metrics |= evaluate_sets(parts.eval_model, parts.eval_loaders, parts.loss_fn, parts.eval_metrics,
+        metrics |= evaluate_sets(parts.task, parts.eval_model, parts.eval_loaders, parts.eval_metrics,
                                  settings.device, settings.limit_eval_batches, parts.speed)
+        if parts.pictures is not None and settings.is_main:  # the fixed val images, drawn with this epoch's predictions
+            tracker.log_image(parts.pictures.draw(parts.eval_model), parts.pictures.key, step=epoch + 1)
         if parts.scheduler is not None:
             parts.scheduler.epoch_ended()  # a schedule per epoch (trainer/schedule.py)
         state.epoch, state.step_in_epoch = epoch + 1, 0
 
         tracker.log_metrics(metrics, step=state.epoch)
-        log.info("epoch %d/%d  %s  (%.1fs)", state.epoch, settings.max_epochs, summary(metrics),
+        log.info("epoch %d/%d  %s  (%.1fs)", state.epoch, settings.max_epochs, summary(metrics, parts.task.shown),
                  time.perf_counter() - started)
 
         improved = [stem for stem, watcher in parts.best.items() if watcher.update(metrics[watcher.key])]
@@ -81,35 +85,32 @@ def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, wr
 
 def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker, writer: CheckpointWriter,
                     epoch: int) -> dict[str, float]:
-    model, device, speed = parts.model, settings.device, parts.speed
+    model, task, device, speed = parts.model, parts.task, settings.device, parts.speed
     model.train()
     parts.train_metrics.reset()
-    loss_sum, seen = torch.zeros((), device=device), 0
+    sums = LossSums(device)
     total = len(parts.train_loader) if settings.limit_train_batches is None else min(
         settings.limit_train_batches, len(parts.train_loader))
     batches = iter(limited(parts.train_loader, settings.limit_train_batches))
     if state.step_in_epoch:  # resumed from a mid-epoch checkpoint: skip the batches already trained on
         for _ in range(state.step_in_epoch):
             next(batches, None)  # loads the batch (and draws its augmentation): the random state is set after
-        loss_sum, seen = load_partial_epoch(parts, settings, state)
+        sums = load_partial_epoch(parts, settings, state)
     bar = tqdm(batches, total=total, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{settings.max_epochs}",
                leave=False, dynamic_ncols=True, disable=None if settings.progress_bar else True)
-    for images, targets in bar:
-        images, targets = speed.to_device(images, targets, device)
-        inputs, loss_targets = parts.batch_transform(images, targets) if parts.batch_transform else (images, targets)
+    for batch in bar:
+        batch = task.to_device(batch, device, speed.channels_last)
         state.global_step += 1
         state.step_in_epoch += 1
         # an optimizer step every `accumulate` batches (and on the epoch's last one)
         update = state.step_in_epoch % speed.accumulate == 0 or state.step_in_epoch == total
         with grad_sync(model, update):  # DDP averages gradients only on the batch that steps
             with speed.autocast():
-                logits = model(inputs)
-                loss = parts.loss_fn(logits, loss_targets)
-            if parts.guard.keep(loss, epoch, state.global_step):  # False only for a NaN/Inf loss with nonfinite=skip
-                speed.backward(loss)
-                loss_sum += loss.detach() * targets.shape[0]
-                seen += targets.shape[0]
-                parts.train_metrics.update(logits.detach(), targets)
+                step = task.train_step(model, batch)  # the total loss, its parts, the batch's size and outputs
+            if parts.guard.keep(step.loss, epoch, state.global_step):  # False only for a NaN/Inf loss with nonfinite=skip
+                speed.backward(step.loss)
+                sums.add(step)
+                parts.train_metrics.update(step.outputs, step.targets)
         if update:
             speed.step(parts.optimizer, model)  # (unscale, clip,) step, zero_grad, EMA update
             if parts.scheduler is not None:
@@ -117,7 +118,7 @@ def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker,
 
         if settings.log_every_n_steps and state.global_step % settings.log_every_n_steps == 0:
             parts.guard.check(epoch)  # this step syncs anyway: stop early on a NaN/Inf loss
-            step_loss = loss.item()  # the one sync, on logging steps only
+            step_loss = step.loss.item()  # the one sync, on logging steps only
             lr = parts.optimizer.param_groups[0]["lr"]  # the lr the next step trains with
             tracker.log_step_metrics({metric_key("step_loss"): step_loss, metric_key("step_lr"): lr}, step=state.global_step)
             bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -125,14 +126,15 @@ def train_one_epoch(parts: Parts, settings: Settings, state: LoopState, tracker,
         if state.stop.requested or (every and state.global_step % every == 0):
             parts.guard.check(epoch)  # never save NaN weights over good ones
             if settings.is_main:
-                payload = checkpoint_payload(parts, settings, state, {}, partial_epoch(parts, loss_sum, seen))
+                payload = checkpoint_payload(parts, settings, state, {}, partial_epoch(parts, sums))
                 writer.save(payload, settings.out_dir / "last.pt")
                 writer.wait()  # inside an epoch on disk at once: what a preempted job (SIGTERM) counts on
             state.stop.raise_if_requested()  # Ctrl-C/SIGTERM: the state after this step is saved, stop
     parts.guard.check(epoch)  # before anything of this epoch is evaluated or saved
-    return results(loss_sum, seen, parts.train_metrics)
+    return sums.means() | parts.train_metrics.compute()
 
 
-def summary(metrics: dict[str, float]) -> str:
-    shown = [k for k in metrics if k == "lr" or k.endswith(("/loss", "/accuracy", "/f1"))]
-    return "  ".join(f"{k} {metrics[k]:.4g}" for k in shown)
+def summary(metrics: dict[str, float], shown: tuple[str, ...]) -> str:
+    """lr, and the task's `shown` metrics of every set ('loss', 'accuracy', ...; 'map' for detection)."""
+    keys = [k for k in metrics if k == "lr" or k.rsplit("/", 1)[-1] in shown]
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys)

@@ -1,7 +1,8 @@
-"""The `metrics` config group as torchmetrics collections, and batched updates for the train set."""
+"""The `metrics` config group as torchmetrics collections, batched updates for the train set, and a task's view of them."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -11,32 +12,59 @@ from torchmetrics import MetricCollection
 from nf_trainer.core.instantiate import create_instance
 
 
-def build_metrics(metrics_cfg: DictConfig, num_classes: int, device: torch.device, train: bool = False) -> BatchedUpdates:
-    """The `metrics` entries as one MetricCollection, fed many batches at a time (BatchedUpdates); for the train
-    set (`train`), without the entries marked `eval_only: true` (our key, not torchmetrics': AUROC's and
-    calibration's per-batch cost shows next to a small model's step, and on the train set they say little)."""
+def build_collection(metrics_cfg: DictConfig, kwargs: dict, device: torch.device, train: bool = False) -> Metrics:
+    """The `metrics` entries as one MetricCollection on `device`, each built with `kwargs` (a task's num_classes,
+    ...); for the train set (`train`), without the entries marked `eval_only: true` (our key, not torchmetrics':
+    AUROC's and calibration's per-batch cost shows next to a small model's step, and on the train set they say
+    little)."""
     def build(node):  # top_k is capped at the class count: top-5 accuracy still builds for 3 classes
         node = copy.copy(node)  # keeps its key: errors still say 'metrics.<name>'
         with open_dict(node):
             node.pop("eval_only", None)
-        top_k = {"top_k": min(node.top_k, num_classes)} if node.get("top_k") else {}
-        return create_instance(node, num_classes=num_classes, **top_k)
+        top_k = {"top_k": min(node.top_k, kwargs["num_classes"])} if node.get("top_k") and "num_classes" in kwargs else {}
+        return create_instance(node, **kwargs, **top_k)
 
-    chosen = {name: node for name, node in metrics_cfg.items() if not (train and node.get("eval_only", False))}
-    return BatchedUpdates(Metrics({name: build(node) for name, node in chosen.items()}).to(device))
+    chosen = {name: node for name, node in (metrics_cfg or {}).items() if not (train and node.get("eval_only", False))}
+    return Metrics({name: build(node) for name, node in chosen.items()}).to(device)
+
+
+class TaskMetrics:
+    """One split's metrics as its task defines them: updated with each step's outputs and targets, computed as
+    plain floats by the task's `to_values` (per-class values under class names, ...). Everything else (reset,
+    state_dict, persistent, to) is the metrics' own."""
+
+    def __init__(self, metrics, to_values: Callable[[dict], dict[str, float]]):
+        self.metrics, self.to_values = metrics, to_values
+
+    def update(self, outputs, targets) -> None:
+        self.metrics.update(outputs, targets)
+
+    def compute(self) -> dict[str, float]:
+        return self.to_values(self.metrics.compute())
+
+    def __iter__(self):  # the metrics' names, as a MetricCollection's
+        return iter(self.metrics)
+
+    def __getattr__(self, name: str):
+        if name in ("metrics", "to_values"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.metrics, name)
 
 
 class Metrics(MetricCollection):
     """A MetricCollection whose updates and computes on the CPU count with torch.bincount even under
     `trainer.deterministic=true` (see `fast_counting_on_cpu`)."""
 
-    def update(self, preds: torch.Tensor, *args, **kwargs) -> None:
-        with fast_counting_on_cpu(preds.device):
+    def update(self, preds, *args, **kwargs) -> None:
+        with fast_counting_on_cpu(self.metrics_device()):
             super().update(preds, *args, **kwargs)
 
     def compute(self) -> dict:
-        with fast_counting_on_cpu(next(iter(self.values(copy_state=False))).device):
+        with fast_counting_on_cpu(self.metrics_device()):
             return super().compute()
+
+    def metrics_device(self) -> torch.device:
+        return next(iter(self.values(copy_state=False))).device if len(self) else torch.device("cpu")
 
 
 @contextmanager

@@ -11,9 +11,11 @@ import torch
 
 from nf_trainer.trainer.distributed import unwrap
 from nf_trainer.trainer.guard import NonFiniteGuard
-from nf_trainer.trainer.metrics import BatchedUpdates
+from nf_trainer.trainer.metrics import TaskMetrics
+from nf_trainer.trainer.pictures import Pictures
 from nf_trainer.trainer.signals import StopRequest
 from nf_trainer.trainer.speed import Speed
+from nf_trainer.trainer.step import LossSums
 from nf_trainer.trainer.watch import MetricWatcher
 
 
@@ -21,20 +23,20 @@ from nf_trainer.trainer.watch import MetricWatcher
 class Parts:
     """The objects the loop trains with, built from the config (nf_trainer/jobs/train.py)."""
     model: torch.nn.Module
+    task: object  # what differs between tasks: batches, steps, metrics, pictures (nf_trainer/tasks/base.py:Task)
     optimizer: torch.optim.Optimizer
     scheduler: object | None
-    loss_fn: torch.nn.Module
     train_loader: torch.utils.data.DataLoader
     train_generator: torch.Generator  # re-seeded each epoch: the shuffle order depends only on (seed, epoch)
     eval_loaders: dict[str, torch.utils.data.DataLoader]
-    train_metrics: BatchedUpdates
-    eval_metrics: dict[str, BatchedUpdates]  # eval set -> its metrics (a torchmetrics.MetricCollection)
+    train_metrics: TaskMetrics
+    eval_metrics: dict[str, TaskMetrics]  # eval set -> its metrics (torchmetrics, computed as the task says)
     best: dict[str, MetricWatcher]  # file stem -> watcher, one best-<stem>.pt each
     early_stop: MetricWatcher | None = None
     speed: Speed = field(default_factory=Speed)  # precision, accumulation, clipping, EMA (trainer/speed.py)
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # NaN/Inf loss: stop or skip
-    batch_transform: object | None = None  # MixUp/CutMix on train batches: soft targets for the loss
     train_sampler: object | None = None  # a DistributedSampler under torchrun (set_epoch each epoch)
+    pictures: Pictures | None = None  # fixed val images drawn with the predictions at each evaluation
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -111,20 +113,20 @@ def restore(parts: Parts, ckpt: dict) -> LoopState:
     return state
 
 
-def partial_epoch(parts: Parts, loss_sum: torch.Tensor, seen: int) -> dict:
+def partial_epoch(parts: Parts, sums: LossSums) -> dict:
     """The running sums of the current epoch, for a mid-epoch checkpoint."""
     parts.train_metrics.persistent(True)  # torchmetrics leaves metric states out of state_dict() by default
-    return {"loss_sum": loss_sum, "seen": seen, "train_metrics": parts.train_metrics.state_dict()}
+    return {**sums.state_dict(), "train_metrics": parts.train_metrics.state_dict()}
 
 
-def load_partial_epoch(parts: Parts, settings: Settings, state: LoopState) -> tuple[torch.Tensor, int]:
+def load_partial_epoch(parts: Parts, settings: Settings, state: LoopState) -> LossSums:
     """Put back the running sums and the random state of a mid-epoch checkpoint's moment."""
     partial, state.resume_partial = state.resume_partial, None
     parts.train_metrics.persistent(True)
     parts.train_metrics.load_state_dict(partial["train_metrics"])
     parts.train_metrics.to(settings.device)  # the loaded states are on the CPU (map_location)
     set_rng(partial["rng"])
-    return partial["loss_sum"].to(settings.device), partial["seen"]
+    return LossSums.from_state(partial, settings.device)
 
 
 def set_rng(state: dict) -> None:

@@ -1,5 +1,6 @@
-"""What a served classifier does with raw images: read them as training read its files, apply the run's eval
-transforms, run the model, and name the classes.
+"""What a served model does with raw images: read them as training read its files, apply the run's eval
+transforms, run the model, and answer as its task does (classification: the class; detection: boxes with
+class names and scores, in each image's own pixels).
 
 Inputs, as `predict` takes them (and MLflow's scoring server hands them over):
 - a pandas DataFrame: its `image` column (else its first column), one image per row;
@@ -7,7 +8,8 @@ Inputs, as `predict` takes them (and MLflow's scoring server hands them over):
 - one image: a uint8 array (H, W) or (H, W, C) of any size (integers 0-255 too, as JSON gives them), or
   encoded PNG/JPEG/... bytes, or those bytes base64-encoded in a string (a `data:image/png;base64,` prefix
   is allowed).
-Output: a DataFrame with one row per image: `class_name`, `class_index`, `probabilities` (one per class).
+Output: a DataFrame with one row per image, the task's columns (classification: `class_name`, `class_index`,
+`probabilities`; detection: `boxes`, `class_names`, `scores`).
 """
 from __future__ import annotations
 
@@ -23,26 +25,31 @@ from nf_trainer.dataset.images import decode_image_bytes, image_from_array
 IMAGE_COLUMN = "image"
 
 
-class ImageClassifier:
-    def __init__(self, model: torch.nn.Module, transform, channels: int, classes: list[str]):
-        self.model, self.transform, self.classes = model, transform, list(classes)
+class ServedModel:
+    def __init__(self, model: torch.nn.Module, transform, channels: int, task):
+        self.model, self.transform, self.task = model, transform, task
         self.mode = "L" if channels == 1 else "RGB"
 
     def predict(self, model_input, params: dict | None = None):
         import pandas as pd  # lazy: only serving needs it (MLflow's dependency)
 
-        images = [self.transform(image) if self.transform is not None else image for image in self.read(model_input)]
-        probabilities = self.probabilities(images)
-        indices = probabilities.argmax(dim=1).tolist()
-        return pd.DataFrame({"class_name": [self.classes[i] for i in indices], "class_index": indices,
-                             "probabilities": probabilities.tolist()})
+        images = self.read(model_input)
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        inputs = [self.transform(image) if self.transform is not None else image for image in images]
+        return pd.DataFrame(self.task.answer(self.predictions(inputs, sizes), sizes))
 
-    def probabilities(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """One batch when the eval transforms make every image the same size, else one image at a time."""
-        same_size = len({tuple(image.shape) for image in images}) == 1
-        batches = [torch.stack(images)] if same_size else [image[None] for image in images]
-        with torch.inference_mode():
-            return torch.cat([self.model(batch).float().softmax(dim=1) for batch in batches])
+    @torch.inference_mode()
+    def predictions(self, inputs: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list:
+        """One per image, in its own pixels: one batch when the eval transforms make every input the same size,
+        else one input at a time."""
+        same_size = len({tuple(image.shape) for image in inputs}) == 1
+        groups = [range(len(inputs))] if same_size else [[i] for i in range(len(inputs))]
+        found = []
+        for group in groups:
+            batch, _ = self.task.collate([(inputs[i], i) for i in group])
+            found += self.task.unbatch(self.task.predict(self.model, batch), [tuple(inputs[i].shape[-2:]) for i in group],
+                                       [sizes[i] for i in group])
+        return found
 
     def read(self, model_input) -> list[torch.Tensor]:
         """The input's images as uint8 tensors (C, H, W) in the model's colour mode."""

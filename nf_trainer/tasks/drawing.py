@@ -1,0 +1,70 @@
+"""What the tasks' pictures share: model inputs made viewable, tiles with captions, and a grid of tiles."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_TILE = 128  # small inputs (8x8 digits, 32 px CIFAR) are enlarged to be seen
+MAX_TILE = 320  # large ones are shrunk: a picture of 16 images stays a few hundred KB
+GREEN, RED, WHITE, DARK = (40, 160, 60), (210, 40, 40), (255, 255, 255), (40, 40, 40)
+
+
+def viewable(images: torch.Tensor) -> torch.Tensor:
+    """Model inputs (N, C, H, W), normalized or not, as uint8 RGB on the CPU: each image stretched to 0..255
+    (the normalization's mean and std are the transforms', not known here), one channel made three."""
+    images = images.detach().cpu()
+    if images.dtype == torch.uint8:
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    images = images.float()
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    images = ((images - low) / (high - low).clamp(min=1e-6) * 255).round().to(torch.uint8)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+
+
+def tile_scale(height: int, width: int) -> float:
+    side = max(height, width)
+    return MIN_TILE / side if side < MIN_TILE else (MAX_TILE / side if side > MAX_TILE else 1.0)
+
+
+def resized(image: torch.Tensor, scale: float) -> Image.Image:
+    """A uint8 (3, H, W) tensor as a PIL image `scale` times its size (nearest when enlarging: pixels stay sharp)."""
+    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    if scale == 1.0:
+        return picture
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+
+
+def font(size: int = 13):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def captioned(picture: Image.Image, lines: list[tuple[str, tuple[int, int, int]]], width: int | None = None) -> Image.Image:
+    """`picture` above its caption: one (text, colour) per line, cut to the tile's width."""
+    face, line_height = font(), 16
+    width = width or picture.width
+    tile = Image.new("RGB", (width, picture.height + line_height * len(lines) + 4), WHITE)
+    tile.paste(picture, ((width - picture.width) // 2, 0))
+    draw = ImageDraw.Draw(tile)
+    for row, (text, colour) in enumerate(lines):
+        while text and draw.textlength(text, font=face) > width - 4:
+            text = text[:-2] + "…"
+        draw.text((2, picture.height + 2 + row * line_height), text, fill=colour, font=face)
+    return tile
+
+
+def grid(tiles: list[Image.Image], columns: int = 8, gap: int = 4) -> np.ndarray:
+    """Tiles in rows of `columns` on white: one uint8 picture (H, W, 3)."""
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    sheet = Image.new("RGB", (columns * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), WHITE)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        sheet.paste(tile, (gap + column * (cell_w + gap), gap + row * (cell_h + gap)))
+    return np.asarray(sheet)

@@ -1,0 +1,28 @@
+"""Pictures of what the model does: a fixed set of val images, drawn by the task with their truth and the
+predictions of the moment at each evaluation, and logged by step, so the run page shows them improving."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class Pictures:
+    def __init__(self, task, batch: tuple, key: str):
+        self.task, self.batch, self.key = task, batch, key  # key: the MLflow image key, e.g. val/<set>/predictions
+
+    @torch.inference_mode()
+    def draw(self, model: torch.nn.Module) -> np.ndarray:
+        model.eval()
+        inputs, targets = self.batch
+        return self.task.draw(inputs, targets, self.task.predict(model, inputs))
+
+
+def first_images(task, loader, count: int, device: torch.device) -> tuple | None:
+    """The first `count` images of `loader` with their targets, on the device (None for an empty loader). The
+    random state is left as it was: a run draws the same augmentations with pictures as without."""
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(loader), None)
+    if batch is None:
+        return None
+    inputs, targets = task.to_device(batch, device)
+    return inputs[:count], targets[:count]
