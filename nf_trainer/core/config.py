@@ -145,7 +145,7 @@ class Config:
     model: Any = MISSING
     dataset: Any = MISSING
     transforms: Any = MISSING
-    metrics: Any = MISSING
+    metrics: Any = None  # ~metrics: none (a task of your own may build its own)
 
 
 def _run_dir() -> str:

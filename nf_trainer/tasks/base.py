@@ -29,7 +29,7 @@ from torch.utils.data import default_collate
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.metric_keys import per_class_key
-from nf_trainer.trainer.metrics import TaskMetrics, build_collection
+from nf_trainer.trainer.metrics import BatchedUpdates, TaskMetrics, build_collection
 from nf_trainer.trainer.step import Step
 
 
@@ -37,6 +37,7 @@ class Task:
     has_val_loss = True  # False where the model gives no loss in eval mode: then no val/<set>/loss is logged, never faked
     shown: tuple[str, ...] = ("loss",)  # the metrics an epoch's log line shows
     serialization_format = "pt2"  # how the MLflow model keeps the torch module: pt2 (torch.export) or pickle
+    batched_updates = True  # metrics updated with many batches at once (outputs of one shape per image: logits)
 
     def __init__(self, classes: Sequence[str], loss: torch.nn.Module | None = None, batch_transform=None,
                  name: str | None = None, monitor: str = "loss"):
@@ -80,12 +81,13 @@ class Task:
 
     def build_metrics(self, node: DictConfig, device: torch.device, train: bool = False) -> TaskMetrics:
         """The `metrics` entries (for the train set without those marked `eval_only`), computed as floats by `values`."""
-        return TaskMetrics(build_collection(node, self.metric_kwargs(), device, train), self.values)
+        collection = build_collection(node, self.metric_kwargs(), device, train)
+        return TaskMetrics(BatchedUpdates(collection) if self.batched_updates else collection, self.values)
 
     def metric_names(self, node: DictConfig, train: bool = False) -> list[str]:
         """The keys a split logs (loss included where there is one): what `objective.metric`, `trainer.save_best`
         and early stopping may name."""
-        names = [name for name, entry in node.items() if not (train and entry.get("eval_only", False))]
+        names = [name for name, entry in (node or {}).items() if not (train and entry.get("eval_only", False))]
         return (["loss"] if train or self.has_val_loss else []) + names
 
     def values(self, computed: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -103,9 +105,9 @@ class Task:
         return values
 
     # -- what the model does, shown and written --------------------------------------------------------------
-    def draw(self, inputs, targets, predictions) -> np.ndarray:
-        """The inputs with their truth and the predictions drawn: one uint8 picture (H, W, 3)."""
-        raise NotImplementedError
+    def draw(self, inputs, targets, predictions) -> np.ndarray | None:
+        """The inputs with their truth and the predictions drawn: one uint8 picture (H, W, 3); None: no picture."""
+        return None
 
     def report(self, model: torch.nn.Module, loader, device: torch.device, limit_batches: int | None, folder: Path,
                title: str) -> None:

@@ -1,6 +1,8 @@
 """What the tasks' pictures share: model inputs made viewable, tiles with captions, and a grid of tiles."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -56,6 +58,24 @@ def captioned(picture: Image.Image, lines: list[tuple[str, tuple[int, int, int]]
             text = text[:-2] + "…"
         draw.text((2, picture.height + 2 + row * line_height), text, fill=colour, font=face)
     return tile
+
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0)]  # one per class
+
+
+def box_picture(picture: Image.Image, boxes: torch.Tensor, classes: torch.Tensor, labels: list[str]) -> Image.Image:
+    """`picture` with `boxes` (XYXY in its pixels) drawn in their class's colour, each with its label."""
+    from matplotlib import get_data_path  # lazy: only its font file, for labels of a readable size
+    from torchvision.utils import draw_bounding_boxes
+
+    image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+    if len(boxes):
+        colours = [PALETTE[int(c) % len(PALETTE)] for c in classes.tolist()]
+        image = draw_bounding_boxes(image, boxes.detach().float().cpu(), labels, colours, width=2,
+                                    font=str(Path(get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), font_size=11,
+                                    fill_labels=True)
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
 def grid(tiles: list[Image.Image], columns: int = 8, gap: int = 4) -> np.ndarray:

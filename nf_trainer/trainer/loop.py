@@ -56,7 +56,7 @@ def train_epochs(parts: Parts, settings: Settings, state: LoopState, tracker, wr
         metrics |= evaluate_sets(parts.task, parts.eval_model, parts.eval_loaders, parts.eval_metrics,
                                  settings.device, settings.limit_eval_batches, parts.speed)
         if parts.pictures is not None and settings.is_main:  # the fixed val images, drawn with this epoch's predictions
-            tracker.log_image(parts.pictures.draw(parts.eval_model), parts.pictures.key, step=epoch + 1)
+            parts.pictures.log(parts.eval_model, tracker, step=epoch + 1)
         if parts.scheduler is not None:
             parts.scheduler.epoch_ended()  # a schedule per epoch (trainer/schedule.py)
         state.epoch, state.step_in_epoch = epoch + 1, 0

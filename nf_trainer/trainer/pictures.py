@@ -11,10 +11,16 @@ class Pictures:
         self.task, self.batch, self.key = task, batch, key  # key: the MLflow image key, e.g. val/<set>/predictions
 
     @torch.inference_mode()
-    def draw(self, model: torch.nn.Module) -> np.ndarray:
+    def draw(self, model: torch.nn.Module) -> np.ndarray | None:
+        """The task's picture of the fixed images with the model's predictions (None: the task draws none)."""
         model.eval()
         inputs, targets = self.batch
         return self.task.draw(inputs, targets, self.task.predict(model, inputs))
+
+    def log(self, model: torch.nn.Module, tracker, step: int) -> None:
+        picture = self.draw(model)
+        if picture is not None:
+            tracker.log_image(picture, self.key, step=step)
 
 
 def first_images(task, loader, count: int, device: torch.device) -> tuple | None:
