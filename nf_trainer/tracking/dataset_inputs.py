@@ -1,7 +1,9 @@
 """What the run trained and evaluated on, recorded on its MLflow run.
 
 Each train part and eval set becomes a dataset input (name, source, digest, and its size in the
-profile); the files skipped as bad are counted (`data/bad_files`) and listed (`data/bad_files.tsv`).
+profile); the files skipped as bad are counted (`data/bad_files`) and listed (`data/bad_files.tsv`), and so are
+the annotations repaired on reading (`data/annotation_fixes`, `data/annotation_fixes.tsv`: a box clipped to
+its image, or dropped for zero area).
 """
 from __future__ import annotations
 
@@ -16,18 +18,26 @@ from nf_trainer.tracking.interface import Tracker
 
 
 def record_data(tracker: Tracker, data: DataSplits, out_dir: Path) -> None:
-    """Log the inputs, the bad-file count and list through the run's tracker."""
+    """Log the inputs, the bad-file and the annotation-fix counts and lists through the run's tracker."""
     tracker.log_inputs(describe_inputs(data))
     record_bad_files(tracker, data, out_dir)
+    if data.annotation_fixes:
+        record_list(tracker, "annotation_fixes", ("file", "fix"), data.annotation_fixes, out_dir, step=0)
 
 
 def record_bad_files(tracker: Tracker, data: DataSplits, out_dir: Path, step: int = 0) -> None:
     """The count and the list; logged again after training when decoding in the main process found more
     (`loader.decode=gpu`: nf_trainer/dataset/gpu_decode.py)."""
-    tracker.log_metrics({"data/bad_files": len(data.bad_files)}, step=step)
-    if data.bad_files:
-        listing = Path(out_dir) / "bad_files.tsv"
-        listing.write_text("path\treason\n" + "".join(f"{path}\t{reason}\n" for path, reason in data.bad_files))
+    record_list(tracker, "bad_files", ("path", "reason"), data.bad_files, out_dir, step)
+
+
+def record_list(tracker: Tracker, name: str, columns: tuple[str, str], rows: list[tuple[str, str]], out_dir: Path,
+                step: int) -> None:
+    """`data/<name>`: the count as a metric, and the rows as the artifact `data/<name>.tsv` (when there are any)."""
+    tracker.log_metrics({f"data/{name}": len(rows)}, step=step)
+    if rows:
+        listing = Path(out_dir) / f"{name}.tsv"
+        listing.write_text("\t".join(columns) + "\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
         tracker.log_artifact(listing, "data")
 
 

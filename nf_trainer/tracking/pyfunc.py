@@ -83,4 +83,4 @@ def _load_pyfunc(data_path: str, model_config=None):
     spec = json.loads((Path(data_path) / "serving.json").read_text())
     model = mlflow.pytorch.load_model(str(Path(data_path).parent))
     task = create_instance(spec.get("task") or CLASSIFICATION, classes=spec["classes"])
-    return ServedModel(model.eval(), build_pipeline(spec["eval_transforms"]), spec["channels"], task)
+    return ServedModel(model, build_pipeline(spec["eval_transforms"]), spec["channels"], task)  # saved in eval mode
