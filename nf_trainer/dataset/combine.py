@@ -53,11 +53,13 @@ def combine(train: dict | None = None, eval: dict | None = None, train_transform
         train=train_parts[0] if len(train_parts) == 1 else ConcatDataset(train_parts),
         eval=eval_sets, classes=reference.classes, in_channels=reference.in_channels, image_size=reference.image_size,
         bad_files=[bad for data in built.values() for bad in data.bad_files],
+        annotation_fixes=[fix for data in built.values() for fix in data.annotation_fixes],
     )
 
 
 def check_agree(first: str, a: DataSplits, where: str, b: DataSplits) -> None:
-    """One-line error unless `b` has the same classes, index mapping, channels and image size as `a`."""
+    """One-line error unless `b` has the same classes, index mapping, channels and image size as `a`; an image
+    size of 0 (detection sets: every image keeps its own size) agrees with any."""
     if a.classes != b.classes:
         only_a, only_b = sorted(set(a.classes) - set(b.classes)), sorted(set(b.classes) - set(a.classes))
         if only_a or only_b:
@@ -67,6 +69,7 @@ def check_agree(first: str, a: DataSplits, where: str, b: DataSplits) -> None:
         raise NfTrainerError(f"class index mapping differs between dataset.{first} and dataset.{where}: index {index} "
                              f"is '{a.classes[index]}' in one and '{b.classes[index]}' in the other; "
                              "give both the same class order (dataset.*.classes)")
-    if (a.in_channels, a.image_size) != (b.in_channels, b.image_size):
+    sizes_differ = a.image_size and b.image_size and a.image_size != b.image_size
+    if a.in_channels != b.in_channels or sizes_differ:
         raise NfTrainerError(f"dataset.{first} gives {a.in_channels}x{a.image_size}px images but dataset.{where} gives "
                              f"{b.in_channels}x{b.image_size}px: use the same dataset.*.mode and transforms that resize")
