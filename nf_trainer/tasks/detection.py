@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from nf_trainer.trainer.step import Step
 
 # MeanAveragePrecision's values that are vectors or ids, not metrics of their own: turned into per-class AP
 PER_CLASS = ("map_per_class", "mar_100_per_class", "classes")
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # its INFO lines (every COCO table) would flood the log
 SCALARS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100",
            "mar_small", "mar_medium", "mar_large")
 
@@ -119,9 +121,9 @@ class Detection(Task):
             found_labels = [f"{self.classes[i]} {s:.2f}" for i, s in
                             zip(found["labels"][kept].tolist(), found["scores"][kept].tolist())]
             tiles += [captioned(box_picture(picture, truth["boxes"] * scale, truth["labels"], true_labels),
-                                [(f"truth: {len(true_labels)} boxes", DARK)]),
+                                [(f"truth: {boxes(len(true_labels))}", DARK)]),
                       captioned(box_picture(picture, found["boxes"][kept] * scale, found["labels"][kept], found_labels),
-                                [(f"predicted: {len(found_labels)} >= {self.score_threshold:g}", DARK)])]
+                                [(f"predicted: {boxes(len(found_labels))} >= {self.score_threshold:g}", DARK)])]
         return grid(tiles, columns=4)
 
     def report(self, model, loader, device, limit_batches, folder: Path, title: str) -> None:
@@ -162,3 +164,7 @@ class Detection(Task):
 
     def torchscript(self, model, example):
         return torch.jit.script(model)  # a detector's control flow depends on its input: traced, it would not hold
+
+
+def boxes(count: int) -> str:
+    return f"{count} box" if count == 1 else f"{count} boxes"

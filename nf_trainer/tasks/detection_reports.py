@@ -76,8 +76,10 @@ def ap_chart(rows: list[dict], heading: str, path: Path) -> None:
         rated = rated[: BARS // 2] + rated[-BARS // 2:]
     figure = Figure(figsize=(8, 1.5 + 0.3 * max(len(rated), 1)), layout="constrained")
     axes = figure.subplots()
-    axes.barh([r["class"] for r in rated], [r["ap"] for r in rated], color="tab:blue", label="AP 0.50:0.95")
-    axes.barh([r["class"] for r in rated], [r["ap_50"] or 0 for r in rated], color="tab:blue", alpha=0.3, label="AP50")
+    names = [r["class"] for r in rated]
+    axes.barh(names, [r["ap_50"] or 0 for r in rated], color="tab:blue", alpha=0.3, label="AP50")
+    bars = axes.barh(names, [r["ap"] for r in rated], color="tab:blue", label="AP 0.50:0.95")
+    axes.bar_label(bars, fmt="%.3f", padding=3, fontsize="small")
     axes.set_xlim(0, 1)
     axes.legend(loc="lower right")
     axes.set_title(heading + ("" if len(rows) <= BARS else f"\nlowest and highest {BARS // 2} of {len(rows)} classes"))

@@ -12,7 +12,9 @@ loading it needs torch, torchvision and Pillow, not an install of nf_trainer of 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -53,8 +55,8 @@ def save_model(path, mlflow_model, pytorch_model, example, eval_transforms: list
             output = pytorch_model(example)
         # pt2 (torch.export) needs both; a batch of 2 keeps the batch size free
         traced = {"input_example": example.numpy(), "signature": infer_signature(example.numpy(), output.numpy())}
-    with warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
-        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+    with warnings.catch_warnings(), quiet("mlflow.pytorch"):  # pickle is the task's choice: MLflow warns against it
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")  # pt2: CPU weights, as these are
         mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, serialization_format=serialization_format,
                                   pip_requirements=pip_requirements, code_paths=[str(PACKAGE_DIR)], **traced)
     root = Path(path)
@@ -70,6 +72,18 @@ def save_model(path, mlflow_model, pytorch_model, example, eval_transforms: list
         (root / name).unlink(missing_ok=True)
     mlflow_model.signature, mlflow_model.saved_input_example_info = None, None
     mlflow_model.save(str(root / "MLmodel"))
+
+
+@contextlib.contextmanager
+def quiet(logger: str):
+    """`logger`'s warnings off for a while."""
+    found = logging.getLogger(logger)
+    level = found.level
+    found.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        found.setLevel(level)
 
 
 def _load_pyfunc(data_path: str, model_config=None):
