@@ -2,6 +2,7 @@
 what the loop adds up (Steps, loss parts) and what tasks turn metrics into (plain floats under class names)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,31 @@ def test_reports_of_a_few_classes_keep_the_matrix_picture(tmp_path):
     write_reports(targets.numpy(), torch.tensor([0, 2, 2, 2]).numpy(), ["a", "b", "c"], tmp_path, "few")
     assert (tmp_path / "confusion_matrix.png").exists() and not (tmp_path / "most_confused.png").exists()
     assert "b,0.0000,0.0000,0.0000,1" in (tmp_path / "per_class_report.csv").read_text()
+
+
+class Recorder:
+    """A tracker that keeps the pictures it is given (the job's tracker is tested in tests/test_tracking.py)."""
+
+    def __init__(self):
+        self.pictures = []
+
+    def log_image(self, image, key, step):
+        self.pictures.append((key, step, image))
+
+
+def test_pictures_come_at_each_evaluation_unless_they_would_take_more_than_their_share(monkeypatch):
+    from nf_trainer.trainer import pictures as module
+
+    task = Classification([str(i) for i in range(10)])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    shown, tracker = module.Pictures(task, batch, "val/digits/predictions"), Recorder()
+    shown.log(model, tracker, step=1)
+    (key, step, image), = tracker.pictures
+    assert (key, step) == ("val/digits/predictions", 1) and image.dtype == np.uint8 and image.shape[2] == 3
+    shown.cost = 3600.0  # as if drawing took an hour: the next evaluation comes too soon for another picture
+    shown.log(model, tracker, step=2)
+    assert [s for _, s, _ in tracker.pictures] == [1]
+    monkeypatch.setattr(module, "SHARE", float("inf"))  # any share allowed: a picture at every evaluation
+    shown.log(model, tracker, step=3)
+    assert [s for _, s, _ in tracker.pictures] == [1, 3]

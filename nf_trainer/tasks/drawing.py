@@ -1,6 +1,7 @@
 """What the tasks' pictures share: model inputs made viewable, tiles with captions, and a grid of tiles."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ def resized(image: torch.Tensor, scale: float) -> Image.Image:
     return picture.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
 
 
+@functools.cache
 def font(size: int = 13):
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
@@ -46,18 +48,27 @@ def font(size: int = 13):
         return ImageFont.load_default()
 
 
-def captioned(picture: Image.Image, lines: list[tuple[str, tuple[int, int, int]]], width: int | None = None) -> Image.Image:
-    """`picture` above its caption: one (text, colour) per line, cut to the tile's width."""
-    face, line_height = font(), 16
+LINE = 16  # a caption line's height
+
+
+def captioned(picture: Image.Image, lines: list[tuple[str, tuple[int, int, int]]], width: int | None = None,
+              room: int = 0) -> Image.Image:
+    """`picture` above its caption: one (text, colour) per line, cut to the tile's width; `room`: empty lines
+    after them, written later (`write`)."""
     width = width or picture.width
-    tile = Image.new("RGB", (width, picture.height + line_height * len(lines) + 4), WHITE)
+    tile = Image.new("RGB", (width, picture.height + LINE * (len(lines) + room) + 4), WHITE)
     tile.paste(picture, ((width - picture.width) // 2, 0))
     draw = ImageDraw.Draw(tile)
-    for row, (text, colour) in enumerate(lines):
-        while text and draw.textlength(text, font=face) > width - 4:
-            text = text[:-2] + "…"
-        draw.text((2, picture.height + 2 + row * line_height), text, fill=colour, font=face)
+    for row, line in enumerate(lines):
+        write(draw, (2, picture.height + 2 + row * LINE), *line, width - 4)
     return tile
+
+
+def write(draw: ImageDraw.ImageDraw, at: tuple[int, int], text: str, colour: tuple[int, int, int], width: int) -> None:
+    """`text` at `at`, cut to `width` pixels."""
+    while text and draw.textlength(text, font=font()) > width:
+        text = text[:-2] + "…"
+    draw.text(at, text, fill=colour, font=font())
 
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -78,13 +89,20 @@ def box_picture(picture: Image.Image, boxes: torch.Tensor, classes: torch.Tensor
     return Image.fromarray(image.permute(1, 2, 0).numpy())
 
 
-def grid(tiles: list[Image.Image], columns: int = 8, gap: int = 4) -> np.ndarray:
+def grid(tiles: list[Image.Image], columns: int = 8) -> np.ndarray:
     """Tiles in rows of `columns` on white: one uint8 picture (H, W, 3)."""
+    return np.asarray(sheet(tiles, columns)[0])
+
+
+def sheet(tiles: list[Image.Image], columns: int = 8, gap: int = 4) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """Tiles in rows of `columns` on white, and where each tile's top left corner landed."""
     columns = max(1, min(columns, len(tiles)))
     rows = -(-len(tiles) // columns)
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
-    sheet = Image.new("RGB", (columns * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), WHITE)
+    page = Image.new("RGB", (columns * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), WHITE)
+    corners = []
     for index, tile in enumerate(tiles):
         row, column = divmod(index, columns)
-        sheet.paste(tile, (gap + column * (cell_w + gap), gap + row * (cell_h + gap)))
-    return np.asarray(sheet)
+        corners.append((gap + column * (cell_w + gap), gap + row * (cell_h + gap)))
+        page.paste(tile, corners[-1])
+    return page, corners
