@@ -29,8 +29,9 @@ from torchvision.ops import masks_to_boxes
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.dataset.splits import DataSplits, probe_shape
 
-VERSION = 1  # part of the digest: bump when the same parameters render other images
+VERSION = 2  # part of the digest: bump when the same parameters render other images
 SPLITS = {"train": 0, "val": 1}  # the split's place in the seed: disjoint random streams
+PLACEMENT_TRIES = 10
 
 
 def _regular(n: int, phase: float = math.pi / 2, inner: float | None = None) -> np.ndarray:
@@ -78,7 +79,8 @@ class ShapesSpec:
     max_distractors: int = 1  # 0..max_distractors per image
     size: tuple[float, float] = (0.2, 0.45)  # an object's size (the side of a square of its area) / image side
     background_only: float = 0.1  # the share of images without any class instance
-    min_visible: float = 0.4  # an instance less visible than this share of its area (occluded, cut) is dropped
+    max_overlap: float = 0.15  # an object is placed (10 tries) to cover at most this share of its area of those before
+    min_visible: float = 0.6  # an instance less visible than this share of its area (occluded, cut) is dropped
     noise: float = 0.03  # std of the Gaussian pixel noise, in 0..1
     min_contrast: float = 0.25  # least RGB distance (0..sqrt 3) between an object's colour and the background under it
     shuffle_labels: bool = False  # a control: train labels drawn at random, not from the shape (val keeps the truth)
@@ -103,15 +105,19 @@ def render(spec: ShapesSpec, split: str, index: int) -> Scene:
     kinds += [("distractor", int(rng.integers(len(spec.distractors)))) for _ in range(n_distractors)]
     kinds = [kinds[i] for i in rng.permutation(len(kinds))]  # z-order: distractors may cover objects and be covered
     ys, xs = np.mgrid[0:side, 0:side] + 0.5  # pixel centres
-    drawn, labels, areas = [], [], []
+    drawn, labels, areas, covered = [], [], [], np.zeros((side, side), bool)
     for kind, which in kinds:
         size = rng.uniform(*spec.size) * side
-        centre = rng.uniform(0.1 * side, 0.9 * side, size=2)
-        angle = rng.uniform(0, 2 * math.pi)
-        if kind == "class":
-            mask = _shape_mask(spec.classes[which], xs, ys, centre, size, angle)
-        else:
-            mask = _distractor_mask(spec.distractors[which], spec.classes, rng, xs, ys, centre, size, angle)
+        for _ in range(PLACEMENT_TRIES):  # a place where it covers little of what is drawn (else the last one tried)
+            centre = rng.uniform(0.5 * size, side - 0.5 * size, size=2)
+            angle = rng.uniform(0, 2 * math.pi)
+            if kind == "class":
+                mask = _shape_mask(spec.classes[which], xs, ys, centre, size, angle)
+            else:
+                mask = _distractor_mask(spec.distractors[which], spec.classes, rng, xs, ys, centre, size, angle)
+            if (mask & covered).sum() <= spec.max_overlap * mask.sum():
+                break
+        covered |= mask
         colour = _colour(rng, image, mask, spec.min_contrast)
         image[mask] = colour
         drawn.append(mask)
@@ -264,12 +270,14 @@ class ShapesDataset(Dataset):
 def shapes(name: str = "shapes", classes=ShapesSpec.classes, distractors=ShapesSpec.distractors,
            backgrounds=ShapesSpec.backgrounds, image_size: int = 64, train_size: int = 800, val_size: int = 200,
            seed: int = 0, max_objects: int = 3, max_distractors: int = 1, size=ShapesSpec.size,
-           background_only: float = 0.1, min_visible: float = 0.4, noise: float = 0.03, min_contrast: float = 0.25,
+           background_only: float = 0.1, max_overlap: float = 0.15, min_visible: float = 0.6, noise: float = 0.03,
+           min_contrast: float = 0.25,
            shuffle_labels: bool = False, task: str = "detection", train_transform=None, eval_transform=None) -> DataSplits:
     spec = ShapesSpec(classes=tuple(classes), distractors=tuple(distractors or ()), backgrounds=tuple(backgrounds),
                       image_size=int(image_size), seed=int(seed), max_objects=int(max_objects),
                       max_distractors=int(max_distractors), size=(float(size[0]), float(size[1])),
-                      background_only=float(background_only), min_visible=float(min_visible), noise=float(noise),
+                      background_only=float(background_only), max_overlap=float(max_overlap),
+                      min_visible=float(min_visible), noise=float(noise),
                       min_contrast=float(min_contrast), shuffle_labels=bool(shuffle_labels))
     _check(spec, task, train_size, val_size)
     train = ShapesDataset(spec, "train", int(train_size), task, train_transform, name)
