@@ -35,15 +35,18 @@ def conv_backbone(in_channels: int, widths=(32, 64, 128, 128), strides=(1, 2, 2,
     return backbone
 
 
+FILE_SET_SIZE = 320  # the side a file set's images (of mixed sizes) are resized to, as ssdlite320 does
+
+
 def tiny_detector(num_classes: int, image_size: int, in_channels: int = 3, widths=(32, 64, 128, 128),
                   strides=(1, 2, 2, 1), anchor_sizes=None, aspect_ratios=(0.5, 1.0, 2.0), roi_size: int = 5,
                   sampling_ratio: int = 2, head_width: int = 256, min_size: int | None = None,
                   max_size: int | None = None, options: dict | None = None) -> FasterRCNN:
     """`num_classes` counts the background (labels 1..K reach the model). The model resizes its inputs to
-    `min_size`/`max_size` (default: `image_size`, i.e. not at all); `anchor_sizes` (pixels at that size) default to
-    1/8, 1/4 and 1/2 of it. `options`: more FasterRCNN keywords (box_score_thresh, box_batch_size_per_image, ...),
-    over SMALL_IMAGE_SAMPLING."""
-    size = min_size or image_size
+    `min_size`/`max_size` (default: `image_size`, i.e. not at all; file sets of mixed sizes report 0: then
+    FILE_SET_SIZE); `anchor_sizes` (pixels at that size) default to 1/8, 1/4 and 1/2 of it.
+    `options`: more FasterRCNN keywords (box_score_thresh, box_batch_size_per_image, ...), over SMALL_IMAGE_SAMPLING."""
+    size = min_size or image_size or FILE_SET_SIZE
     backbone = conv_backbone(in_channels, tuple(widths), tuple(strides))
     sizes = tuple(anchor_sizes) if anchor_sizes else (size // 8, size // 4, size // 2)
     anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=(tuple(aspect_ratios),))  # one feature map
@@ -52,4 +55,4 @@ def tiny_detector(num_classes: int, image_size: int, in_channels: int = 3, width
     grey = {"image_mean": [0.5] * in_channels, "image_std": [0.25] * in_channels} if in_channels != 3 else {}
     return FasterRCNN(backbone, rpn_anchor_generator=anchors, box_roi_pool=roi_pool, box_head=head,
                       box_predictor=FastRCNNPredictor(head_width, num_classes), min_size=size,
-                      max_size=max_size or max(size, image_size), **grey, **{**SMALL_IMAGE_SAMPLING, **dict(options or {})})
+                      max_size=max_size or max(size, image_size or 0), **grey, **{**SMALL_IMAGE_SAMPLING, **dict(options or {})})
