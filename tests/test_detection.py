@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import client, environment, fails_in_one_line, metric_history, only_run, run_here, run_main, runs
 
+HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))
 EPOCHS = 4  # the tiny detector on dataset=shapes' defaults (800 train images of 64 px): map_50 >= 0.6 by then
 LEARN = ("task=detection", f"trainer.max_epochs={EPOCHS}", "trainer.progress_bar=false")
 
@@ -22,10 +24,10 @@ LEARN = ("task=detection", f"trainer.max_epochs={EPOCHS}", "trainer.progress_bar
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     """`python main.py task=detection` as a new user runs it (the defaults: dataset=shapes, model=tiny_detector), with
-    its model logged and a TorchScript export: (out, run, output dir, stdout)."""
+    its model logged and its exports (ONNX where the `onnx` extra is installed): (out, run, output dir, stdout)."""
     out = tmp_path_factory.mktemp("detector") / "outputs"
     out.mkdir()
-    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript]", out=out)
+    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript,onnx]", out=out)
     run = only_run(out)
     return out, run, Path(run.data.tags["output_dir"]), result.stdout + result.stderr
 
@@ -156,9 +158,55 @@ def test_the_torchscript_export_finds_the_boxes_of_the_logged_model(detector):
     assert len(expected["boxes"]) and torch.allclose(found["boxes"], expected["boxes"], atol=1e-4)
 
 
+@pytest.mark.slow
+def test_the_onnx_export_takes_one_image_of_any_size_and_finds_the_boxes_of_the_checkpoint(detector):
+    from nf_trainer.dataset.shapes import shapes
+
+    out, _, out_dir, _ = detector
+    if not HAS_ONNX:
+        assert not (out_dir / "export" / "model.onnx").exists()  # skipped with a warning, the run still FINISHED
+        pytest.skip("the onnx extra is not installed")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(out_dir / "export" / "model.onnx"))
+    scripted = torch.jit.load(str(out_dir / "export" / "model.torchscript.pt"))
+    image = next(iter(shapes().eval.values()))[1][0].float() / 255
+    for picture in (image, torch.nn.functional.interpolate(image[None], size=(80, 96))[0]):
+        found = dict(zip(("boxes", "labels", "scores"), session.run(None, {"images": picture.numpy()})))
+        _, (expected,) = scripted([picture])
+        assert len(found["boxes"]) and np.allclose(found["boxes"], expected["boxes"].numpy(), atol=1e-3)
+        assert (found["labels"] == expected["labels"].numpy()).all()
+
+
 def test_a_classification_model_or_dataset_is_refused_for_detection_in_one_line(out):
     line = fails_in_one_line("task=detection", "model=resnet18", out=out)
     assert line.startswith("task=detection with model=resnet18: it serves classification") and "model=tiny_detector" in line
     line = fails_in_one_line("task=detection", "dataset=digits", out=out)
     assert line.startswith("task=detection with dataset=digits: it serves classification") and "dataset=shapes" in line
+    line = fails_in_one_line("task=detection", "transforms/augment=randaugment", out=out)  # RandAugment moves no box
+    assert line.startswith("task=detection with transforms/augment=randaugment") and "~transforms/augment" in line
+    line = fails_in_one_line("task=detection", "transforms.mixup_alpha=0.2", out=out)  # MixUp mixes no box
+    assert line.startswith("transforms.mixup_alpha is not a key of transforms")
     assert runs(out) == []
+
+
+def test_a_detector_trains_and_evaluates_on_real_photographs_through_dataset_voc(tmp_path, out):
+    """The deepforest tree-crown photos (tests/data/deepforest, VOC XML beside the images; the same two images
+    as train and val): the run reads 98 real boxes of three classes and logs mAP and AP under their names."""
+    import shutil
+
+    from tests.detection_files import DEEPFOREST as DATA
+
+    for split in ("train", "val"):
+        (tmp_path / "trees" / split).mkdir(parents=True)
+        for file in [*DATA.glob("images/*.jpg"), *DATA.glob("voc/*.xml")]:
+            shutil.copy(file, tmp_path / "trees" / split)
+    run_here("task=detection", "dataset=voc", f"dataset.root={tmp_path / 'trees'}", "model.anchor_sizes=[16,32,64]",
+             "loader.batch_size=2", "trainer.max_epochs=2", "trainer.pictures=2", "mlflow.log_model=false",
+             "trainer.progress_bar=false", out=out)
+    run = only_run(out)
+    assert run.info.status == "FINISHED" and run.data.params["data.num_classes"] == "3"
+    assert [m.step for m in metric_history(out, run.info.run_id, "val/trees/map")] == [1, 2]
+    assert np.isfinite(run.data.metrics["train/loss/classifier"])
+    table = Path(client(out).download_artifacts(run.info.run_id, "reports/trees/per_class_ap.csv", str(tmp_path / "dl")))
+    assert {r["class"]: int(r["boxes"]) for r in csv.DictReader(table.open())} == {"Alive": 9, "Dead": 28, "Tree": 61}
+    assert any(a.path.endswith(".png") for a in client(out).list_artifacts(run.info.run_id, "images"))

@@ -153,8 +153,8 @@ def test_optuna_study_goes_on_past_a_failed_trial(out):
         assert 1e-4 <= float(c.data.params["optimizer.lr"]) <= 1e-1
         assert 1e-6 <= float(c.data.params["optimizer.weight_decay"]) <= 1e-2
     finished = [by_trial["0"], by_trial["1"]]
-    best = max(finished, key=lambda c: c.data.metrics["objective"])  # objective: best val f1, maximized
-    assert best.data.metrics["objective"] == max(m.value for m in metric_history(out, best.info.run_id, "val/digits/f1"))
+    best = min(finished, key=lambda c: c.data.metrics["objective"])  # objective: the task's monitor, val loss, minimized
+    assert best.data.metrics["objective"] == min(m.value for m in metric_history(out, best.info.run_id, "val/digits/loss"))
     (results,) = out.glob("multirun/*/*/optimization_results.yaml")
     study = yaml.safe_load(results.read_text())
     assert study["best_value"] == pytest.approx(best.data.metrics["objective"])

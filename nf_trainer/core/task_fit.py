@@ -44,7 +44,8 @@ def mismatch(task: str, path: str, served: list[str], choices: dict[str, str]) -
     chosen = choices.get(group)
     what = f"{group}={chosen}" if chosen else path
     fitting = [f"{group}={option}" for option in options_serving(group, task)]
-    hint = f": choose one that does ({', '.join(fitting)})" if fitting else ""
+    hint = (f": choose one that does ({', '.join(fitting)})" if fitting
+            else f": leave it out (~{group}), since none of its options does" if "/" in group else "")
     return f"task={task} with {what}: it serves {', '.join(served)}, not {task}{hint}"
 
 

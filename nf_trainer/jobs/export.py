@@ -3,7 +3,7 @@
 After training with `export=[torchscript,onnx]`, or from any checkpoint with
 `python main.py mode=export ckpt=PATH` (both formats unless `export=` says otherwise). Files go to
 `<output dir>/export/` and to the run's `export/` artifacts: `model.torchscript.pt` (`torch.jit.load`) and
-`model.onnx` (input `images`, output `logits`, dynamic batch size). ONNX needs the `onnx` and `onnxscript` packages
+`model.onnx` (the task says its inputs and outputs: `Task.onnx`). ONNX needs the `onnx` and `onnxscript` packages
 (`pip install -e ".[onnx]"`); without them it is skipped with a warning.
 """
 from __future__ import annotations
@@ -25,9 +25,6 @@ from nf_trainer.tracking.outcome import tracked_outcome
 
 log = logging.getLogger("nf_trainer")
 
-ONNX_SINGLE_FILE_LIMIT = 1_500_000_000  # bytes of weights; above that ONNX keeps them in a side file (2 GB protobuf cap)
-
-
 def export_model(task, model: torch.nn.Module, example, formats: list[str], folder: Path) -> Path:
     """Write each format into `folder`; `example` is a CPU batch of at least 2 inputs (the task's TorchScript
     traces or scripts the model, `Task.torchscript`)."""
@@ -45,10 +42,7 @@ def export_model(task, model: torch.nn.Module, example, formats: list[str], fold
         else:
             for chatty in ("onnxscript", "onnx_ir"):  # their INFO lines would flood the job log
                 logging.getLogger(chatty).setLevel(logging.WARNING)
-            size = sum(p.numel() * p.element_size() for p in model.parameters())
-            torch.onnx.export(model, (example,), folder / "model.onnx", input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=size > ONNX_SINGLE_FILE_LIMIT,
-                              verbose=False)
+            task.onnx(model, example, folder / "model.onnx")
             log.info("exported %s", folder / "model.onnx")
     return folder
 

@@ -32,6 +32,8 @@ from nf_trainer.core.metric_keys import per_class_key
 from nf_trainer.trainer.metrics import BatchedUpdates, TaskMetrics, build_collection
 from nf_trainer.trainer.step import Step
 
+ONNX_SINGLE_FILE_LIMIT = 1_500_000_000  # bytes of weights; above that ONNX keeps them in a side file (2 GB protobuf cap)
+
 
 class Task:
     has_val_loss = True  # False where the model gives no loss in eval mode: then no val/<set>/loss is logged, never faked
@@ -132,6 +134,13 @@ class Task:
     def torchscript(self, model: torch.nn.Module, example):
         """The model as TorchScript, traced on `example` (a task whose models branch on their inputs scripts them)."""
         return torch.jit.trace(model, example)
+
+    def onnx(self, model: torch.nn.Module, example, path: Path) -> None:
+        """The model as ONNX (torch.export-based): input `images`, output `logits`, a dynamic batch size."""
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=size > ONNX_SINGLE_FILE_LIMIT,
+                          verbose=False)
 
     def unbatch(self, predictions, input_sizes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list:
         """A batch's predictions as one per image, in the pixels of each image's own size (`sizes`), from the

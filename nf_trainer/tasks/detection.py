@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,15 @@ class Detection(Task):
 
     def torchscript(self, model, example):
         return torch.jit.script(model)  # a detector's control flow depends on its input: traced, it would not hold
+
+    def onnx(self, model, example, path: Path) -> None:
+        """One image (3, H, W) in, `boxes`, `labels`, `scores` out. torch.export cannot trace a detector (its number
+        of boxes depends on the data), so this is the TorchScript-based exporter, as torchvision's own tests use."""
+        with warnings.catch_warnings():  # that exporter is deprecated, and warns of every traced shape
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, ([example[0]],), path, dynamo=False, opset_version=17, input_names=["images"],
+                              output_names=["boxes", "labels", "scores"],
+                              dynamic_axes={"images": [1, 2], "boxes": [0], "labels": [0], "scores": [0]})
 
 
 def boxes(count: int) -> str:
