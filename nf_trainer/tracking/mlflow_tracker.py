@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE, Best
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.secrets import MASK, is_secret_key, scrub
 from nf_trainer.tracking.server import check_before_run, is_remote
 
@@ -50,11 +51,7 @@ class MlflowTracker:
     @functools.cached_property
     def client(self):
         """Made at the first call: a job that fails before its run starts leaves no store behind."""
-        from mlflow import MlflowClient
-
-        # its "Creating initial MLflow database tables..." lines: the job says what that first-run chore is
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        return MlflowClient(self.tracking_uri)
+        return open_client(self.tracking_uri)
 
     def experiment_id(self) -> str:
         """The experiment's id; the experiment (and a brand-new store) is created on first use."""
