@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import torch
 
@@ -15,13 +16,15 @@ class FaultyCNN(SimpleCNN):
     """SimpleCNN whose training forward passes go wrong at chosen steps (1-based, counted in this process):
     `nan_at` returns NaN logits, `crash_at` raises RuntimeError, `term_at` sends this process SIGTERM (a
     pre-emption at a known step); `step_seconds` makes every training step that long at least (so a signal
-    from outside lands inside a step, not in the evaluation)."""
+    from outside lands inside a step, not in the evaluation); `hold_while` (a file): the first training step,
+    when that file exists, writes `<file>.reached` and waits until the file is gone, so a test holds the job
+    inside a step for as long as it needs (to kill it there, say)."""
 
     def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, term_at=None,
-                 step_seconds: float = 0.0, **kwargs):
+                 step_seconds: float = 0.0, hold_while: str | None = None, **kwargs):
         super().__init__(num_classes, in_channels, **kwargs)
         self.nan_at, self.crash_at, self.term_at, self.steps = set(nan_at), crash_at, term_at, 0
-        self.step_seconds = step_seconds
+        self.step_seconds, self.hold_while = step_seconds, hold_while
 
     def forward(self, x):
         logits = super().forward(x)
@@ -29,6 +32,10 @@ class FaultyCNN(SimpleCNN):
             return logits
         self.steps += 1
         time.sleep(self.step_seconds)
+        if self.steps == 1 and self.hold_while and Path(self.hold_while).exists():
+            Path(f"{self.hold_while}.reached").touch()
+            while Path(self.hold_while).exists():
+                time.sleep(0.05)
         if self.steps == self.crash_at:
             raise RuntimeError(f"simulated crash in forward at training step {self.steps}")
         if self.steps == self.term_at:
