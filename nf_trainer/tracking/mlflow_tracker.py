@@ -166,24 +166,22 @@ class MlflowTracker:
                   eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None) -> str:
         """The model with two flavors (tracking/pyfunc.py): MLflow's pytorch one (pt2, loads back as a
         `torch.fx.GraphModule` that needs only torch) and a python_function one that takes raw images through
-        `eval_transforms` (the transforms' config nodes). `example` (a CPU batch of at least 2: a batch of 1
-        would freeze the batch size) is what torch.export traces; the class names go into the metadata."""
+        `eval_transforms` (the transforms' config nodes). `model` is a CPU torch module, exported here on
+        `example` (a CPU batch of at least 2: a batch of 1 would freeze the batch size), or the `Pt2Model` a
+        child tracker's job exported already; the class names go into the metadata."""
         import mlflow
-        import torch
 
-        from nf_trainer.tracking import pyfunc  # lazy: imports torch when it runs
+        from nf_trainer.tracking import pyfunc  # lazy: imports torch when it exports
 
+        pt2 = model if isinstance(model, pyfunc.Pt2Model) else pyfunc.export_pt2(model, example)
         # Model.log reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
         # this run's (in a child tracker's process, where that global state touches nothing else).
         exported = {name: os.environ.get(name) for name in MLFLOW_GLOBALS}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-        # Listing the requirements skips MLflow's inference of them, which takes seconds.
-        requirements = [f"{name}=={version.split('+')[0]}" for name, version in
-                        (("torch", torch.__version__), ("torchvision", _version("torchvision")), ("pillow", _version("pillow")))]
         with restored(exported):
-            info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id,
-                                    registered_model_name, requirements)
+            info = pyfunc.log_model(pt2, classes, list(eval_transforms or []), self.run_id, registered_model_name,
+                                    pyfunc.requirements())
         registered = ""
         if registered_model_name:
             registered = f", registered as '{registered_model_name}' version {info.registered_model_version}"
@@ -248,12 +246,6 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import version
-
-    return version(distribution)
 
 
 # what mlflow.set_tracking_uri and set_experiment also export to os.environ, where the config reads
