@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import torch
 
@@ -14,26 +15,36 @@ from nf_trainer.model.simple_cnn import SimpleCNN
 class FaultyCNN(SimpleCNN):
     """SimpleCNN whose training forward passes go wrong at chosen steps (1-based, counted in this process):
     `nan_at` returns NaN logits, `crash_at` raises RuntimeError, `term_at` sends this process SIGTERM (a
-    pre-emption at a known step); `step_seconds` makes every training step that long at least (so a signal
-    from outside lands inside a step, not in the evaluation)."""
+    pre-emption at a known step); `hold_while` (a file): training step `hold_at`,
+    when that file exists, is held (`hold`) until the file is gone, so a test keeps the job inside that step
+    for as long as it needs (to signal or kill it there) instead of racing the steps with a timer."""
 
     def __init__(self, num_classes: int, in_channels: int, nan_at=(), crash_at=None, term_at=None,
-                 step_seconds: float = 0.0, **kwargs):
+                 hold_while: str | None = None, hold_at: int = 1, **kwargs):
         super().__init__(num_classes, in_channels, **kwargs)
         self.nan_at, self.crash_at, self.term_at, self.steps = set(nan_at), crash_at, term_at, 0
-        self.step_seconds = step_seconds
+        self.hold_while, self.hold_at = hold_while, hold_at
 
     def forward(self, x):
         logits = super().forward(x)
         if not self.training:
             return logits
         self.steps += 1
-        time.sleep(self.step_seconds)
+        if self.steps == self.hold_at and self.hold_while:
+            hold(self.hold_while)
         if self.steps == self.crash_at:
             raise RuntimeError(f"simulated crash in forward at training step {self.steps}")
         if self.steps == self.term_at:
             signal.raise_signal(signal.SIGTERM)
         return logits * float("nan") if self.steps in self.nan_at else logits
+
+
+def hold(gate: str | None) -> None:
+    """While the file `gate` exists: wait, having written `<gate>.reached` (what the test waits for)."""
+    if gate and Path(gate).exists():
+        Path(f"{gate}.reached").touch()
+        while Path(gate).exists():
+            time.sleep(0.05)
 
 
 def digits_shifted_labels(train_transform=None, eval_transform=None, **kwargs):
@@ -44,8 +55,8 @@ def digits_shifted_labels(train_transform=None, eval_transform=None, **kwargs):
 
 
 class _Slow(torch.utils.data.Dataset):
-    def __init__(self, inner, seconds: float):
-        self.inner, self.seconds = inner, seconds
+    def __init__(self, inner, seconds: float, hold_while: str | None = None):
+        self.inner, self.seconds, self.hold_while = inner, seconds, hold_while
 
     def __len__(self):
         return len(self.inner)
@@ -53,11 +64,13 @@ class _Slow(torch.utils.data.Dataset):
     def __getitem__(self, index):
         print("loading a slow sample", flush=True)  # a test waits for this: a step is under way
         time.sleep(self.seconds)
+        hold(self.hold_while)
         return self.inner[index]
 
 
-def slow_digits(seconds: float = 0.2, train_transform=None, eval_transform=None, **kwargs):
-    """The digits set with a sleep per training sample: a step slow enough to interrupt in its middle."""
+def slow_digits(seconds: float = 0.2, hold_while: str | None = None, train_transform=None, eval_transform=None, **kwargs):
+    """The digits set with a sleep per training sample: a step slow enough to interrupt in its middle; with
+    `hold_while`, a sample that waits while that file exists (see `hold`)."""
     data = digits(train_transform=train_transform, eval_transform=eval_transform, **kwargs)
-    data.train = _Slow(data.train, seconds)
+    data.train = _Slow(data.train, seconds, hold_while)
     return data

@@ -26,9 +26,15 @@ SETUP = ("trainer.max_epochs=3", "trainer.deterministic=true", "seed=7", "loader
          "trainer.progress_bar=false", "trainer.log_every_n_steps=2")
 
 
-def slow_steps(seconds: float) -> tuple[str, ...]:
-    """Training steps that last `seconds` at least, with SimpleCNN's weights (tests/bad_parts.py)."""
-    return "model._target_=tests.bad_parts.FaultyCNN", f"+model.step_seconds={seconds}"
+def held_at(step: int, gate: Path) -> tuple[str, ...]:
+    """SimpleCNN's training, with training step `step` held while the file `gate` exists (tests/bad_parts.py): a
+    signal or a kill lands inside that step, however fast or slow the machine runs the others."""
+    gate.touch()
+    return "model._target_=tests.bad_parts.FaultyCNN", f"+model.hold_while={gate}", f"+model.hold_at={step}"
+
+
+def reached(gate: Path) -> bool:
+    return Path(f"{gate}.reached").exists()
 
 
 def start_main(*overrides: str, out: Path) -> subprocess.Popen:
@@ -91,9 +97,10 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(reference, tmp_path):
-    # training steps of 0.1 s (the same weights as SimpleCNN): the kill lands before the last epoch, even on busy cores
-    proc = start_main(*SETUP, *slow_steps(0.1), out=tmp_path)
-    wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
+    # the kill lands in the first step of the last epoch (held there), once epoch 1's checkpoint is on disk
+    gate = tmp_path / "hold"
+    proc = start_main(*SETUP, *held_at(13, gate), out=tmp_path)
+    wait_for(proc, lambda: reached(gate) and (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
     tracker = [c for c in psutil.Process(proc.pid).children() if "nf_trainer.tracking.child" in " ".join(c.cmdline())]
     assert len(tracker) == 1  # the run's MLflow writer (nf_trainer/tracking/child.py)
     proc.send_signal(signal.SIGKILL)
@@ -113,12 +120,15 @@ def test_sigkill_after_an_epoch_checkpoint_then_resume_is_bitwise_exact(referenc
 
 @pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_path):
-    # mid-epoch checkpoints every 4 steps too: the run below passes through several before the signal; each
-    # training step lasts 0.25 s (the same weights as SimpleCNN), so the signal lands inside the training steps
-    slow = ("trainer.checkpoint_every_n_steps=4", *slow_steps(0.25))
+    # mid-epoch checkpoints every 4 steps too: the run below passes through two before the signal, which lands
+    # while step 10 (epoch 2's fourth) is held; the step goes on once the signal is seen
+    gate = tmp_path / "hold"
+    slow = ("trainer.checkpoint_every_n_steps=4", *held_at(10, gate))
     proc = start_main(*SETUP, *slow, out=tmp_path)
-    wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["global_step"] >= 8)
+    wait_for(proc, lambda: reached(gate))
     proc.send_signal(signal.SIGTERM)
+    wait_for(proc, lambda: logged(tmp_path, "SIGTERM received"))
+    gate.unlink()
     assert proc.wait(120) == 128 + signal.SIGTERM  # 143
     (run,) = runs(tmp_path)
     assert run.info.status == "KILLED"
@@ -134,9 +144,12 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_bitwise_exact(reference, tmp_
 
 @pytest.mark.slow
 def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path):
-    proc = start_main(*SETUP, out=tmp_path)
-    wait_for(proc, lambda: (ckpt := last_checkpoint(tmp_path)) is not None and ckpt["epoch"] >= 1)
+    gate = tmp_path / "hold"
+    proc = start_main(*SETUP, *held_at(8, gate), out=tmp_path)  # Ctrl-C while epoch 2's second step is held
+    wait_for(proc, lambda: reached(gate))
     proc.send_signal(signal.SIGINT)
+    wait_for(proc, lambda: logged(tmp_path, "SIGINT received"))
+    gate.unlink()  # the step ends, then the job saves and stops
     assert proc.wait(120) == 128 + signal.SIGINT  # 130
     (run,) = runs(tmp_path)
     assert run.info.status == "KILLED"
@@ -147,10 +160,12 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
-    # each training sample takes 0.3 s: one step of 4 samples lasts over a second, the second Ctrl-C cuts it short
+    # the first training sample is held until the process ends: the second Ctrl-C cuts its step short
+    gate = tmp_path / "hold"
+    gate.touch()
     proc = start_main(*SETUP, "loader.batch_size=4", "dataset._target_=tests.bad_parts.slow_digits",
-                      "+dataset.seconds=0.3", out=tmp_path)
-    wait_for(proc, lambda: logged(tmp_path, "loading a slow sample"))  # inside the first step, not before it
+                      "+dataset.seconds=0", f"+dataset.hold_while={gate}", out=tmp_path)
+    wait_for(proc, lambda: reached(gate))  # inside the first step, not before it
     proc.send_signal(signal.SIGINT)
     wait_for(proc, lambda: logged(tmp_path, "SIGINT received"))
     proc.send_signal(signal.SIGINT)

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -173,24 +174,29 @@ def test_optuna_study_goes_on_past_a_failed_trial(out):
 
 
 def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
-    """SIGKILL a sequential sweep after two of its jobs finished; the same command then runs only the others."""
+    """SIGKILL a sequential sweep inside the first step of its third job; the same command then runs only the jobs
+    that did not finish. The third job holds its step until the kill (tests/bad_parts.py, `hold_while`): the kill
+    lands there however fast or slow the jobs run."""
+    gate = out.parent / "hold-2"  # job 2's; jobs 0 and 1 find no file of theirs and run through
     cmd = [sys.executable, str(MAIN), "-m", "optimizer=sgd", "optimizer.lr=0.01,0.02,0.03,0.04", "debug=fast",
+           "model._target_=tests.bad_parts.FaultyCNN", f"+model.hold_while={out.parent}/hold-${{hydra:job.num}}",
            "trainer.progress_bar=false", "mlflow.log_model=false", f"paths.output_root={out}"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    gate.touch()
     with open(out.parent / "first.log", "w") as log:
         first = subprocess.Popen(cmd, cwd=MAIN.parent, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 300
-        # open the store only once the sweep created it (a second process creating it would race)
-        while not list(out.glob("multirun/*/*/mlflow_sweep.json")) or len(
-                [c for c in split(out)[1] if c.info.status == "FINISHED"]) < 2:
+        deadline = time.time() + 600
+        while not Path(f"{gate}.reached").exists():  # job 2 is inside its first step: jobs 0 and 1 have ended
             assert first.poll() is None and time.time() < deadline, (out.parent / "first.log").read_text()[-3000:]
-            time.sleep(0.2)
+            time.sleep(0.05)
+        (parent,), before = split(out)
+        assert sorted(c.info.status for c in before) == ["FINISHED", "FINISHED", "RUNNING"]
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    gate.unlink()
     killed_at = time.time() * 1000
-    (parent,), before = split(out)
     done_before = {c.data.tags["nf.config_hash"] for c in before if c.info.status == "FINISHED"}
-    assert parent.info.status == "RUNNING" and 2 <= len(done_before) < 4
+    assert parent.info.status == "RUNNING" and len(done_before) == 2
 
     second = subprocess.run(cmd, cwd=MAIN.parent, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -203,7 +209,7 @@ def test_an_interrupted_sweep_reruns_only_its_missing_jobs(out):
     assert len(new) == 4 - len(done_before)
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert sorted(c.data.params["optimizer.lr"] for c in finished) == ["0.01", "0.02", "0.03", "0.04"]
-    # a job the kill caught mid-run can never end by itself: the resumed sweep marks it KILLED
-    assert all(c.info.status == "KILLED" for c in children if c not in finished)
+    # the job the kill caught mid-run can never end by itself: the resumed sweep marks it KILLED
+    assert [c.info.status for c in children if c not in finished] == ["KILLED"]
 
     assert resumed.data.tags["best.run_id"] == min(finished, key=lambda c: c.data.metrics["objective"]).info.run_id

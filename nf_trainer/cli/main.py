@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hydra_plugins.nf_trainer_optuna.optuna_sweeper import register as register_sweeper
+from nf_trainer.cli.pipes import quiet_closed_pipes
 from nf_trainer.cli.rerun import expand_rerun
 from nf_trainer.core.config import register_configs
 from nf_trainer.core.errors import one_line_errors
@@ -28,7 +29,8 @@ def main(cfg: DictConfig):
 
 
 def cli() -> None:
-    """`nf-train ...` and `python main.py ...`: bad input ends in one line and exit status 1."""
-    with one_line_errors():
+    """`nf-train ...` and `python main.py ...`: bad input ends in one line and exit status 1; a reader that closes
+    the pipe early (`| head`) ends the output quietly."""
+    with quiet_closed_pipes(), one_line_errors():
         expand_rerun()  # `rerun=<run id>`: that run's logged overrides are put in its place (nf_trainer/cli/rerun.py)
         main()

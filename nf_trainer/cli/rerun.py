@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from nf_trainer.cli.compose import project_config
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.sweep.store import SWEEP_KEY_TAG
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.run_lookup import find_run
 from nf_trainer.tracking.secrets import MASK
 from nf_trainer.tracking.server import require_store
@@ -68,12 +69,11 @@ def rerun_arguments(run_id: str, args: list[str]) -> list[str]:
 
 def fetch(run_id: str, tracking_uri: str):
     """The run, its logged overrides and its logged resolved config."""
-    from mlflow import MlflowClient  # lazy: main.py loads this module on every start, rerun= or not
     from mlflow.exceptions import MlflowException
 
     where = "give the store it was logged to with paths.output_root=... or mlflow.tracking_uri=..."
     require_store(tracking_uri, f"rerun={run_id}: there is no MLflow store at {tracking_uri}; {where}")
-    client = MlflowClient(tracking_uri)
+    client = open_client(tracking_uri)
     run = find_run(client, run_id)  # the 8 characters `python -m nf_trainer.runs` shows are enough
     if run is None:
         raise NfTrainerError(f"rerun={run_id}: no such run in {tracking_uri}; {where}")

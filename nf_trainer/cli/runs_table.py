@@ -22,6 +22,7 @@ from nf_trainer.sweep.store import SWEEP_KEY_TAG, children, differing_keys, late
 from nf_trainer.sweep.summary import table
 from nf_trainer.tracking import run_lookup
 from nf_trainer.tracking.interface import OBJECTIVE
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.server import require_store
 
 
@@ -68,11 +69,9 @@ def render(options) -> str:
 
 def open_experiment(cfg):
     """The project's experiment and a client of its store; an error if there is none (nothing is created)."""
-    from mlflow import MlflowClient  # lazy: the command's --help needs no MLflow
-
     uri, name = str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment_name)
     require_store(uri, missing_store_message(uri))
-    client = MlflowClient(uri)
+    client = open_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         raise NfTrainerError(f"no experiment '{name}' in {uri} (set mlflow.experiment_name=...)")

@@ -22,6 +22,7 @@ from pathlib import Path
 from nf_trainer.cli.compose import project_config
 from nf_trainer.cli.runs_table import missing_store_message
 from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.run_lookup import find_run
 from nf_trainer.tracking.server import is_remote, require_store
 from nf_trainer.tracking.ui_link import runs_url
@@ -105,9 +106,7 @@ def serve(options) -> list[str] | None:
 
 def page(uri: str, name: str, run_id: str | None) -> tuple[str, str | None, str | None]:
     """(what is shown, its experiment id, the run id): the experiment's runs table, or the run's page."""
-    from mlflow import MlflowClient  # lazy: --help and a wrong port fail without it
-
-    client = MlflowClient(uri)
+    client = open_client(uri)  # a store half-made by a process still at it is waited for: the server finds it whole
     if run_id:
         run = find_run(client, run_id)
         if run is None:

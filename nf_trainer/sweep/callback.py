@@ -35,6 +35,7 @@ from nf_trainer.tracking.mlflow_tracker import MlflowTracker
 
 log = logging.getLogger("nf_trainer")
 
+INTERRUPTED_TAG = "nf.interrupted"  # on a child that a killed sweep left RUNNING, marked KILLED when the sweep continued
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
@@ -109,6 +110,7 @@ class SweepCallback(Callback):
         for child in children(tracker.client, experiment_id, parent):
             # left so by a killed sweep: it will never end by itself
             if child.info.status == "RUNNING" and child.data.tags.get(TRIAL_TAG) not in running:
+                tracker.client.set_tag(child.info.run_id, INTERRUPTED_TAG, "true")
                 tracker.client.set_terminated(child.info.run_id, status="KILLED")
         tracker.start("", {}, {}, resume_run_id=parent)
         log.info("continuing sweep run %s: jobs that already FINISHED with the same config are skipped "
@@ -128,7 +130,10 @@ class SweepCallback(Callback):
         latest: dict[str, object] = {}  # config hash -> its latest attempt
         for child in children(tracker.client, sweep.experiment_id, sweep.parent_run_id):
             latest[child.data.tags.get(CONFIG_HASH_TAG, child.info.run_id)] = child
-        failed = [r for r in latest.values() if r.info.status in ("FAILED", "KILLED")]
+        # a job an earlier run of the sweep left running when it was killed is not a failure of the sweep: a grid
+        # runs it again (its latest attempt counts), a study draws another trial in its place
+        failed = [r for r in latest.values() if r.info.status == "FAILED"
+                  or (r.info.status == "KILLED" and r.data.tags.get(INTERRUPTED_TAG) != "true")]
         scored = [r for r in latest.values() if r.info.status == "FINISHED" and OBJECTIVE in r.data.metrics
                   and r.data.tags.get(STATE_TAG) != "PRUNED"]  # a pruned trial's objective is of fewer epochs
         finished = sum(r.info.status == "FINISHED" for r in latest.values())

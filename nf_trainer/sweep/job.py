@@ -23,6 +23,7 @@ from nf_trainer.sweep.store import CONFIG_HASH_TAG, PARENT_TAG, finished_child
 from nf_trainer.sweep.study import STUDY_TAG, TRIAL_TAG, TrialReport, current_trial
 from nf_trainer.tracking.factory import open_tracker
 from nf_trainer.tracking.interface import OBJECTIVE
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.server import check_before_run, new_local_store
 
 log = logging.getLogger("nf_trainer")
@@ -89,6 +90,4 @@ def announce_new_store(tracking_uri: str) -> None:
 
 
 def skipped(sweep, digest: str):
-    from mlflow import MlflowClient  # lazy: only sweeps that skip finished jobs ask the store
-
-    return finished_child(MlflowClient(sweep.tracking_uri), sweep.experiment_id, sweep.parent_run_id, digest)
+    return finished_child(open_client(sweep.tracking_uri), sweep.experiment_id, sweep.parent_run_id, digest)

@@ -27,6 +27,7 @@ from nf_trainer.sweep import study as studies
 from nf_trainer.sweep.info import objective_mode, read_sweep, sweep_key, task_overrides
 from nf_trainer.sweep.search_space import Space, parse_space
 from nf_trainer.sweep.store import children
+from nf_trainer.tracking.local_store import open_client
 
 log = logging.getLogger("nf_trainer")
 
@@ -202,9 +203,7 @@ def tag_children(sweep_dir: Path, states: dict[int, str]) -> None:
     sweep = read_sweep(sweep_dir)
     if sweep is None:
         return  # the MLflow callback is off
-    from mlflow import MlflowClient  # lazy: the callback loaded it in this process already
-
-    client = MlflowClient(sweep.tracking_uri)
+    client = open_client(sweep.tracking_uri)
     for child in children(client, sweep.experiment_id, sweep.parent_run_id):
         number = child.data.tags.get(studies.TRIAL_TAG)
         if number is not None and number.isdigit() and int(number) in states:

@@ -24,6 +24,8 @@ from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.tracking.interface import TRACKER_METHODS
 from nf_trainer.tracking.mlflow_tracker import MlflowTracker
 from nf_trainer.tracking.outcome import end_run
+from nf_trainer.tracking.pyfunc import prepare_environment, serialize
+from nf_trainer.tracking.server import new_local_store
 
 log = logging.getLogger("nf_trainer")
 
@@ -35,7 +37,7 @@ class ChildProcessTracker:
     WAITING = frozenset({"start", "log_objective", "log_model", "run_name_of", "end"})  # they return, or must land
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None = None,
-                 system_metrics: bool = False):
+                 system_metrics: bool = False, prepare_model: bool = False):
         self.tracking_uri, self.run_id = tracking_uri, None
         package_root = str(Path(__file__).resolve().parents[2])  # importable in the child without an install
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
@@ -46,11 +48,18 @@ class ChildProcessTracker:
         self._process.stdin.close()
         self._process.stdout.close()
         self._calls = 0  # numbers the waiting calls: a reply left unread by a Ctrl-C is skipped, not misread
-        self._call("__init__", (tracking_uri, experiment_name, artifact_location, system_metrics), {})
+        # prepare_model: the run will log a model; the child gets MLflow ready for it while the job imports torch
+        self._call("__init__", (tracking_uri, experiment_name, artifact_location, system_metrics),
+                   {"prepare_model": prepare_model})
 
     def start(self, *args, **kwargs) -> str | None:
         self.run_id = self._call("start", args, kwargs)
         return self.run_id
+
+    def log_model(self, model, example, *args, **kwargs) -> str | None:
+        """The one call with code of its own: the model is serialized here, where torch is loaded, and crosses as
+        bytes (tracking/pyfunc.py), so the child never imports torch."""
+        return self._call("log_model", (serialize(model, example, kwargs.get("task")), None, *args), kwargs)
 
     def __getattr__(self, name: str):
         if name not in TRACKER_METHODS:
@@ -119,13 +128,29 @@ def _portable(exc: BaseException) -> BaseException:
         return NfTrainerError(f"MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
 
 
-def warm_up(tracking_uri: str) -> None:
-    """The imports the run's first calls need, while the job is still importing torch."""
+def warm_up(settings: tuple, prepare_model: bool) -> MlflowTracker | None:
+    """While the job is still importing torch: the imports the run's first calls need, the store opened when it
+    exists (a new one is made at the first call: a job that fails before its run starts leaves none behind),
+    and, for a run that will log its model, MLflow's check of the model's requirements."""
     import mlflow.data  # noqa: F401  (dataset inputs)
     from mlflow import MlflowClient  # noqa: F401
 
+    tracking_uri = settings[0]
     if tracking_uri.split(":", 1)[0].split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (SQLAlchemy, alembic: most of the time)
+    tracker = None
+    if new_local_store(tracking_uri) is None:
+        try:
+            tracker = MlflowTracker(*settings)
+            tracker.client  # noqa: B018  (opens the store: ~1 s the run's start no longer waits for)
+        except Exception:  # the run's first call opens it again, and says why it cannot
+            tracker = None
+    if prepare_model:
+        try:
+            prepare_environment()
+        except Exception:  # only a head start: the model's own save at the run's end repeats it, and raises
+            pass
+    return tracker
 
 
 def end_unseen_run(tracker: MlflowTracker) -> None:
@@ -157,9 +182,9 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             break
         number, method, args, kwargs = message
         try:
-            if method == "__init__":  # import now, open the store at the first call: a job that fails before
-                settings = args  # its run starts leaves no store behind
-                warm_up(settings[0])
+            if method == "__init__":
+                settings = args
+                tracker = warm_up(settings, **kwargs)
                 continue
             if tracker is None:
                 tracker = MlflowTracker(*settings)

@@ -25,4 +25,4 @@ def open_tracker(mlflow_cfg: DictConfig) -> Tracker:
                 mlflow_cfg.system_metrics)
     if where == "inline":
         return MlflowTracker(*settings)
-    return ChildProcessTracker(*settings)
+    return ChildProcessTracker(*settings, prepare_model=bool(mlflow_cfg.log_model))

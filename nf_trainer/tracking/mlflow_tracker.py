@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.tracking.interface import MAX_KEY, MAX_VALUE, OBJECTIVE, Best
+from nf_trainer.tracking.local_store import open_client
 from nf_trainer.tracking.secrets import MASK, is_secret_key, scrub
 from nf_trainer.tracking.server import check_before_run, is_remote
 
@@ -50,11 +51,7 @@ class MlflowTracker:
     @functools.cached_property
     def client(self):
         """Made at the first call: a job that fails before its run starts leaves no store behind."""
-        from mlflow import MlflowClient
-
-        # its "Creating initial MLflow database tables..." lines: the job says what that first-run chore is
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-        return MlflowClient(self.tracking_uri)
+        return open_client(self.tracking_uri)
 
     def experiment_id(self) -> str:
         """The experiment's id; the experiment (and a brand-new store) is created on first use."""
@@ -171,26 +168,25 @@ class MlflowTracker:
     def log_model(self, model, example, classes: list[str], registered_model_name: str | None = None,
                   eval_transforms: list[dict] | None = None, registered_model_alias: str | None = None,
                   task: dict | None = None) -> str:
-        """The model with two flavors (tracking/pyfunc.py): MLflow's pytorch one (pt2, loads back as a
-        `torch.fx.GraphModule` that needs only torch) and a python_function one that takes raw images through
-        `eval_transforms` (the transforms' config nodes). `example` (a CPU batch of at least 2: a batch of 1
-        would freeze the batch size) is what torch.export traces; the class names go into the metadata."""
+        """The model with two flavors (tracking/pyfunc.py): MLflow's pytorch one (in the task's format: pt2, which
+        loads back as a `torch.fx.GraphModule` that needs only torch, or pickle) and a python_function one that takes
+        raw images through `eval_transforms` (the transforms' config nodes) and answers as `task` (its config node)
+        does. `model` is a CPU torch module, serialized here (pt2 traces `example`, a CPU batch of at least 2: a
+        batch of 1 would freeze the batch size), or the `SerializedModel` a child tracker's job made already; the
+        class names go into the metadata."""
         import mlflow
-        import torch
 
-        from nf_trainer.tracking import pyfunc  # lazy: imports torch when it runs
+        from nf_trainer.tracking import pyfunc  # lazy: imports torch when it serializes
 
+        serialized = model if isinstance(model, pyfunc.SerializedModel) else pyfunc.serialize(model, example, task)
         # Model.log reads MLflow's global tracking URI and experiment (the run is given by id): they are set to
         # this run's (in a child tracker's process, where that global state touches nothing else).
         exported = {name: os.environ.get(name) for name in MLFLOW_GLOBALS}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
-        # Listing the requirements skips MLflow's inference of them, which takes seconds.
-        requirements = [f"{name}=={version.split('+')[0]}" for name, version in
-                        (("torch", torch.__version__), ("torchvision", _version("torchvision")), ("pillow", _version("pillow")))]
         with restored(exported):
-            info = pyfunc.log_model(model, example, classes, list(eval_transforms or []), self.run_id,
-                                    registered_model_name, requirements, task)
+            info = pyfunc.log_model(serialized, classes, list(eval_transforms or []), self.run_id, registered_model_name,
+                                    pyfunc.requirements(), task)
         registered = ""
         if registered_model_name:
             registered = f", registered as '{registered_model_name}' version {info.registered_model_version}"
@@ -255,12 +251,6 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         return [Metric(key, float(value), now, step) for key, value in metrics.items()]
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import version
-
-    return version(distribution)
 
 
 # what mlflow.set_tracking_uri and set_experiment also export to os.environ, where the config reads

@@ -1,7 +1,8 @@
 """The run's MLflow model: one folder, two flavors.
 
-- `pytorch` (MLflow's, saved as pt2): `mlflow.pytorch.load_model(uri)` gives the torch module, which takes
-  float batches already through the eval transforms, as before;
+- `pytorch` (MLflow's): `mlflow.pytorch.load_model(uri)` gives the torch module, which takes inputs already
+  through the eval transforms, as before. Saved as the task chooses (`Task.serialization_format`): pt2
+  (torch.export: a classifier) or pickle (a torchvision detector, which torch.export cannot trace);
 - `python_function` (ours: this module is its loader): takes raw uint8 images (arrays of any size, or
   base64 PNG/JPEG strings in a DataFrame column), applies the run's eval transforms and answers as the run's
   task does: the class name, index and probabilities of each image, or its boxes with class names and scores
@@ -9,81 +10,113 @@
 
 The folder carries the nf_trainer package (its `code/`, which MLflow puts on sys.path before loading), so
 loading it needs torch, torchvision and Pillow, not an install of nf_trainer of the same version.
+
+Logging it takes about a second: the job's process serializes the model (`serialize`, torch is loaded there),
+and the tracker's child, which never imports torch, writes the folder and logs it; the child checks the declared
+requirements against the installed packages while the job is still importing (`prepare_environment`).
 """
 from __future__ import annotations
 
-import contextlib
+import io
 import json
-import logging
 import sys
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVING_DIR = "serving"  # the python_function flavor's data: serving.json
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # nf_trainer/
+DATA_DIR = "data"  # MLflow's pytorch flavor keeps its model here (its `model_data` folder)
+FILES = {"pt2": "model.pt2", "pickle": "model.pth"}  # the file names mlflow.pytorch.load_model looks for
 CLASSIFICATION = {"_target_": "nf_trainer.tasks.classification.Classification"}  # the task of a model logged before tasks
 
 
-def log_model(model, example, classes: list[str], eval_transforms: list[dict], run_id: str,
+@dataclass(frozen=True)
+class SerializedModel:
+    """The model as it crosses to the tracker: the bytes MLflow's pytorch flavor keeps and plain values, no torch object."""
+    archive: bytes
+    format: str  # pt2 | pickle
+    channels: int  # of the images it takes
+    torch_version: str  # of the process that serialized it (MLflow's pytorch flavor records it)
+
+
+def serialization_format(task: dict | None) -> str:
+    from hydra.utils import get_class  # lazy: the task's class, in the job's process (torch loaded there)
+
+    return get_class((task or CLASSIFICATION)["_target_"]).serialization_format
+
+
+def serialize(model, example, task: dict | None = None) -> SerializedModel:
+    """`model` in the task's format, in the job's process, where torch and most of torch.export are loaded
+    already: in the tracker's child, importing them for MLflow's own export took ~5 s of the run's end. pt2
+    traces `example` (a batch of at least 2: the batch size stays free); pickle keeps the module as it is."""
+    import torch
+
+    fmt, buffer = serialization_format(task), io.BytesIO()
+    if fmt == "pt2":
+        with warnings.catch_warnings():  # torch.export's pt2 writer warns about CPU weights, which these are
+            warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            torch.export.save(program, buffer)
+    else:
+        torch.save(model, buffer)
+    # example[0]: one image (C, H, W) of a batch tensor or of a list of images
+    return SerializedModel(buffer.getvalue(), fmt, int(example[0].shape[0]), str(torch.__version__))
+
+
+def requirements() -> list[str]:
+    """What serving the model needs (MLflow adds itself), read from the installed packages, not inferred."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "torchvision", "pillow")]
+
+
+def prepare_environment() -> None:
+    """Saves a throwaway model with the real requirements: MLflow checks them against every installed package
+    (~2 s, once per process). Done by the tracker's child while the job imports torch, it makes the real save
+    at the run's end take milliseconds."""
+    from mlflow import pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="nf_model_env_") as tmp:
+        pyfunc.save_model(str(Path(tmp) / "model"), loader_module=__name__, pip_requirements=requirements())
+
+
+def log_model(serialized: SerializedModel, classes: list[str], eval_transforms: list[dict], run_id: str,
               registered_model_name: str | None, pip_requirements: list[str], task: dict | None = None):
     """Log the two-flavor model under the run as `model`; returns MLflow's ModelInfo. `task`: the task's config
     node, which the served model is rebuilt from."""
-    from hydra.utils import get_class
     from mlflow.models import Model
 
-    task = task or CLASSIFICATION
     return Model.log(artifact_path=None, name="model", flavor=sys.modules[__name__], flavor_name="pytorch", run_id=run_id,
-                     registered_model_name=registered_model_name, metadata={"classes": list(classes), "task": task},
-                     pytorch_model=model, example=example, eval_transforms=eval_transforms,
-                     pip_requirements=pip_requirements,
-                     serialization_format=get_class(task["_target_"]).serialization_format)
+                     registered_model_name=registered_model_name,
+                     metadata={"classes": list(classes), "task": dict(task or CLASSIFICATION)},
+                     serialized=serialized, eval_transforms=eval_transforms, pip_requirements=pip_requirements)
 
 
-def save_model(path, mlflow_model, pytorch_model, example, eval_transforms: list[dict], pip_requirements: list[str],
-               serialization_format: str = "pt2"):
-    """What `Model.log` calls: MLflow's pytorch flavor, then our python_function flavor in place of its own.
-    pt2 (torch.export) traces the model on `example`; pickle (a model that torch.export cannot trace, such as a
-    torchvision detector) keeps the module as it is, with no example."""
-    import mlflow.pytorch
-    import torch
+def save_model(path, mlflow_model, serialized: SerializedModel, eval_transforms: list[dict], pip_requirements: list[str]):
+    """What `Model.log` calls: our python_function flavor (its environment files and the package's code, by
+    MLflow's pyfunc.save_model), then MLflow's pytorch flavor over the serialized model. That flavor's entry is
+    written here (model_data, pytorch_version, code: what mlflow.pytorch.load_model reads) because
+    mlflow.pytorch.save_model would import torch in this process to serialize the model again."""
     from mlflow import pyfunc
-    from mlflow.models import infer_signature
 
-    traced = {}
-    if serialization_format == "pt2":
-        with torch.inference_mode():
-            output = pytorch_model(example)
-        # pt2 (torch.export) needs both; a batch of 2 keeps the batch size free
-        traced = {"input_example": example.numpy(), "signature": infer_signature(example.numpy(), output.numpy())}
-    with warnings.catch_warnings(), quiet("mlflow.pytorch"):  # pickle is the task's choice: MLflow warns against it
-        warnings.filterwarnings("ignore", message="No complete tensor found in the group")  # pt2: CPU weights, as these are
-        mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, serialization_format=serialization_format,
-                                  pip_requirements=pip_requirements, code_paths=[str(PACKAGE_DIR)], **traced)
+    pyfunc.save_model(path, loader_module=__name__, code_paths=[str(PACKAGE_DIR)], mlflow_model=mlflow_model,
+                      pip_requirements=pip_requirements)
     root = Path(path)
+    (root / DATA_DIR).mkdir()
+    (root / DATA_DIR / FILES[serialized.format]).write_bytes(serialized.archive)
+    if serialized.format == "pickle":  # which pickle module torch.save used, as mlflow.pytorch.load_model reads it
+        (root / DATA_DIR / "pickle_module_info.txt").write_text("pickle")
     (root / SERVING_DIR).mkdir()
     (root / SERVING_DIR / "serving.json").write_text(json.dumps({
-        "channels": int(example[0].shape[0]), "classes": mlflow_model.metadata["classes"],
+        "channels": serialized.channels, "classes": mlflow_model.metadata["classes"],
         "task": mlflow_model.metadata["task"], "eval_transforms": eval_transforms}, indent=1))
-    pyfunc.add_to_model(mlflow_model, loader_module=__name__, data=SERVING_DIR, code="code",
-                        conda_env="conda.yaml", python_env="python_env.yaml")
-    # The saved signature and input example describe the torch module's float batches, not the images the
-    # python_function flavor takes: MLflow would hold served requests to them.
-    for name in ("input_example.json", "serving_input_example.json"):
-        (root / name).unlink(missing_ok=True)
-    mlflow_model.signature, mlflow_model.saved_input_example_info = None, None
+    code = mlflow_model.flavors[pyfunc.FLAVOR_NAME]["code"]
+    mlflow_model.flavors[pyfunc.FLAVOR_NAME]["data"] = SERVING_DIR
+    mlflow_model.add_flavor("pytorch", model_data=DATA_DIR, pytorch_version=serialized.torch_version, code=code)
+    mlflow_model.model_size_bytes = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     mlflow_model.save(str(root / "MLmodel"))
-
-
-@contextlib.contextmanager
-def quiet(logger: str):
-    """`logger`'s warnings off for a while."""
-    found = logging.getLogger(logger)
-    level = found.level
-    found.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        found.setLevel(level)
 
 
 def _load_pyfunc(data_path: str, model_config=None):
