@@ -140,5 +140,6 @@ def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):
     for line in ("optimizer: adam, adamw, adan, lamb, lion, rmsprop, sgd", "scheduler: cosine, multistep, none, onecycle, step",
                  "model: convnext_tiny, efficientnet_b0, efficientnet_b1", "debug: fast, overfit",
                  "dataset: cifar10, cifar100, coco, csv, digits, fashion_mnist, image_folder, mnist, multi",
-                 "transforms: cifar, detection, digits, imagenet", "task: classification, detection", "transforms/augment: autoaugment, randaugment, trivialaugment"):
+                 "transforms: cifar, detection, digits, imagenet", "task: classification, detection",
+                 "transforms/augment: autoaugment, randaugment, trivialaugment"):
         assert line in help_text
