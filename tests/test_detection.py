@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import client, environment, fails_in_one_line, metric_history, only_run, run_here, run_main, runs
 
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript"))
-EPOCHS = 4  # the tiny detector on dataset=shapes' defaults (800 train images of 64 px): map_50 >= 0.6 by then
+EPOCHS = 5  # the tiny detector on dataset=shapes' defaults (800 train images of 64 px, batch 4): map_50 ~0.5 after 3 epochs
 LEARN = ("task=detection", f"trainer.max_epochs={EPOCHS}", "trainer.progress_bar=false")
 
 
