@@ -27,7 +27,7 @@ def detector(tmp_path_factory):
     its model logged and its exports (ONNX where the `onnx` extra is installed): (out, run, output dir, stdout)."""
     out = tmp_path_factory.mktemp("detector") / "outputs"
     out.mkdir()
-    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript,onnx]", out=out)
+    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript,onnx]", out=out, timeout=2400)
     run = only_run(out)
     return out, run, Path(run.data.tags["output_dir"]), result.stdout + result.stderr
 
