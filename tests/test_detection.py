@@ -27,7 +27,7 @@ def detector(tmp_path_factory):
     its model logged and its exports (ONNX where the `onnx` extra is installed): (out, run, output dir, stdout)."""
     out = tmp_path_factory.mktemp("detector") / "outputs"
     out.mkdir()
-    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript,onnx]", out=out)
+    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript,onnx]", out=out, timeout=2400)
     run = only_run(out)
     return out, run, Path(run.data.tags["output_dir"]), result.stdout + result.stderr
 
@@ -138,6 +138,41 @@ def test_the_logged_detector_answers_a_raw_image_with_boxes_class_names_and_scor
         assert names == [r["class"] for r in kept] and all(s >= 0.3 for s in scores)
         assert np.allclose(boxes, [[float(r[k]) for k in ("x1", "y1", "x2", "y2")] for r in kept], atol=0.05)
     assert any(len(b) for b in answers.boxes), "the trained detector finds shapes"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_raw_image_with_boxes(detector, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import requests
+
+    from tests.test_tracking_server import free_port, stop, wait_until_up
+
+    out, run, _, _ = detector
+    files = shapes_files(tmp_path / "images", 2, 2)
+    url, log = f"http://127.0.0.1:{free_port()}", tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model",
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db",
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    images = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    try:
+        wait_until_up(url, proc, log, path="/ping")
+        reply = requests.post(f"{url}/invocations", timeout=120,
+                              json={"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+        assert reply.status_code == 200, reply.text
+        answers = reply.json()["predictions"]
+    finally:
+        stop(proc)
+    with environment(MLFLOW_TRACKING_URI=None):
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        expected = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(images)
+    assert [a["class_names"] for a in answers] == expected.class_names.tolist()
+    assert all(np.allclose(a["boxes"], b, atol=1e-3) for a, b in zip(answers, expected.boxes) if len(b))
 
 
 @pytest.mark.slow
