@@ -14,6 +14,7 @@ Target B/A >= 0.95.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +42,7 @@ def references_loop(out: Path, args) -> float:
     from nf_trainer.model.build import build_model, data_facts
     from nf_trainer.transforms import build_transforms
 
+    logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)  # as the task sets it: no COCO tables in the log
     cfg = job_config(out, "references", args)
     seed_everything(cfg.seed, False)
     train_tf, eval_tf = build_transforms(cfg.transforms)

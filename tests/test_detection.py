@@ -124,7 +124,7 @@ def test_the_logged_detector_answers_a_raw_image_with_boxes_class_names_and_scor
     out, run, out_dir, _ = detector
     files = shapes_files(tmp_path / "images", 3, 2)
     run_here("mode=predict", f"ckpt={out_dir}/best-map.pt", f"predict.input={tmp_path / 'images'}",
-             f"predict.output={tmp_path / 'predicted.csv'}", "task.score_threshold=0.3", out=out)
+             f"predict.output={tmp_path / 'predicted.csv'}", out=out)  # task.score_threshold: 0.3, the default
     with environment(MLFLOW_TRACKING_URI=None):
         mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
         served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
@@ -207,7 +207,8 @@ def test_the_onnx_export_takes_one_image_of_any_size_and_finds_the_boxes_of_the_
     image = next(iter(shapes().eval.values()))[1][0].float() / 255
     for picture in (image, torch.nn.functional.interpolate(image[None], size=(80, 96))[0]):
         found = dict(zip(("boxes", "labels", "scores"), session.run(None, {"images": picture.numpy()})))
-        _, (expected,) = scripted([picture])
+        with torch.inference_mode():
+            _, (expected,) = scripted([picture])
         assert len(found["boxes"]) and np.allclose(found["boxes"], expected["boxes"].numpy(), atol=1e-3)
         assert (found["labels"] == expected["labels"].numpy()).all()
 
