@@ -4,6 +4,7 @@ above the same run on shuffled labels; the thresholds tuned after training are s
 logged model, and predict and the served model decide with them."""
 from __future__ import annotations
 
+import base64
 import csv
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from nf_trainer.model.losses import MultilabelBCE
 from nf_trainer.tasks.multilabel import Multilabel
 from nf_trainer.tasks.multilabel_metrics import LabelAveragePrecision, macro_f1, tune_thresholds
 from nf_trainer.transforms import build_batch_transform
-from tests.conftest import compose_cfg, fails_in_one_line, runs
+from tests.conftest import client, compose_cfg, environment, fails_in_one_line, metric_history, only_run, run_here, runs
 
 LABELS = ["circle", "square", "triangle"]
 
@@ -85,10 +86,25 @@ def test_pos_weight_balanced_comes_from_the_train_labels_frequencies():
         MultilabelBCE(pos_weight="auto")
 
 
+def test_the_asymmetric_loss_option_trains_a_step_and_cross_entropy_is_refused(out):
+    from nf_trainer.tasks import build_task
+
+    cfg = compose_cfg("task=multilabel", "loss=asymmetric")
+    task = build_task(cfg, LABELS, {"num_classes": 3, "in_channels": 3, "image_size": 8}, train=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 3))
+    step = task.train_step(model, (torch.rand(4, 3, 8, 8), torch.tensor([[1.0, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0]])))
+    assert type(task.loss_fn).__name__ == "AsymmetricLossMultiLabel" and step.loss.item() > 0
+    step.loss.backward()
+    line = fails_in_one_line("task=multilabel", "loss=cross_entropy", out=out)
+    assert line.startswith("task=multilabel with loss=cross_entropy: it serves classification") and "loss=bce" in line
+
+
 def test_class_indices_are_read_as_one_label_per_image():
     task = Multilabel(LABELS)
     _, targets = task.collate([(torch.zeros(3, 2, 2), 2), (torch.zeros(3, 2, 2), 0)])
-    assert targets.tolist() == [[0, 0, 1], [1, 0, 0]] and targets.dtype == torch.float32
+    assert task.labels(targets).tolist() == [[0, 0, 1], [1, 0, 0]] and task.labels(targets).dtype == torch.float32
+    _, targets = task.collate([(torch.zeros(3, 2, 2), (0, 1, 1)), (torch.zeros(3, 2, 2), np.array([1, 0, 0]))])
+    assert targets.tolist() == [[0, 1, 1], [1, 0, 0]] and targets.dtype == torch.float32
 
 
 def test_the_shapes_target_is_the_set_of_shapes_present():
@@ -161,3 +177,115 @@ def test_a_detection_model_is_refused_for_multilabel_in_one_line(out):
     line = fails_in_one_line("task=multilabel", "model=tiny_detector", out=out)
     assert line.startswith("task=multilabel with model=tiny_detector: it serves detection, not multilabel")
     assert "model=simple_cnn" in line and runs(out) == []
+
+
+# -- end to end ------------------------------------------------------------------------------------------------
+# The generated multi-label set at 32 px (shapes of 6-14 px), 1600 train images, 8 epochs of simple_cnn: what 2 loaded
+# CPU cores train in 5-8 minutes. It learns slowly (val map 0.616 after 8 epochs, chance ~0.48): the issue's 0.8 is
+# not reached in this budget (the learning test below is an expected failure until it is).
+LEARN = ("task=multilabel", "dataset.image_size=32", "transforms.image_size=32", "dataset.train_size=1600",
+         "trainer.max_epochs=8", "trainer.early_stopping.enabled=false", "trainer.progress_bar=false")
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """`python main.py task=multilabel` (the generated shapes set) with LEARN, its model logged: (out, run, output dir,
+    the job's log)."""
+    out = tmp_path_factory.mktemp("multilabel") / "outputs"
+    out.mkdir()
+    run_here(*LEARN, "mlflow.log_model=true", out=out)  # in-process: a loaded machine takes minutes, no timeout
+    run = only_run(out)
+    out_dir = Path(run.data.tags["output_dir"])
+    return out, run, out_dir, (out_dir / "main.log").read_text()  # the job's log, the summary included
+
+
+def best(out, run, key: str) -> float:
+    return max(m.value for m in metric_history(out, run.info.run_id, key))
+
+
+@pytest.mark.slow  # two trainings
+@pytest.mark.xfail(strict=True, reason="not met yet: in this budget simple_cnn reached val map 0.616 and the same run on "
+                   "shuffled labels 0.596 (shapes' shuffled labels keep each image's number of shapes, which is what it "
+                   "learned); the issue asks for >= 0.8, far above shuffled")
+def test_a_model_learns_the_generated_multilabel_set_far_above_shuffled_labels(learned, tmp_path):
+    out, run, out_dir, log = learned
+    control = tmp_path / "control"
+    control.mkdir()
+    run_here(*LEARN, "dataset.shuffle_labels=true", "trainer.pictures=0", out=control)
+    learned_map, shuffled_map = best(out, run, "val/shapes/map"), best(control, only_run(control), "val/shapes/map")
+    print(f"val map: learned {learned_map:.4f}, shuffled labels {shuffled_map:.4f}")
+    assert learned_map >= 0.8 and learned_map >= shuffled_map + 0.2, (learned_map, shuffled_map)
+
+
+@pytest.mark.slow
+def test_tuned_thresholds_beat_one_half_and_go_into_the_checkpoint_and_the_run(learned):
+    out, run, out_dir, log = learned
+    # one monitor: the objective, the best checkpoint and the summary all say map
+    best_map = best(out, run, "val/shapes/map")
+    assert run.data.metrics["objective"] == best_map
+    assert f"best val/shapes/map: {best_map:#.4g} at epoch" in log and f"best checkpoint: {out_dir}/best-map.pt" in log
+    ckpt = torch.load(out_dir / "best-map.pt", weights_only=True)
+    thresholds = ckpt["task_state"]["thresholds"]
+    assert len(thresholds) == 3 and all(0 < t < 1 for t in thresholds)
+    at_half = [m for m in metric_history(out, run.info.run_id, "val/shapes/f1") if m.step == ckpt["epoch"]][0].value
+    assert run.data.metrics["val/shapes/f1_tuned"] >= at_half  # on the val set they were tuned on
+    assert [run.data.metrics[f"val/shapes/threshold/{c}"] for c in LABELS] == pytest.approx(thresholds)
+    for key in ("val/shapes/ap/circle", "val/shapes/ap/square", "val/shapes/ap/triangle", "val/shapes/auroc",
+                "val/shapes/exact_match", "val/shapes/hamming_error", "train/loss", "train/map"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client(out).list_artifacts(run.info.run_id, "reports/shapes")}
+    assert {"reports/shapes/per_label.csv", "reports/shapes/pr_curves.png", "reports/shapes/per_label_ap.png"} <= artifacts
+    table = Path(client(out).download_artifacts(run.info.run_id, "reports/shapes/per_label.csv", str(out / "dl")))
+    rows = list(csv.DictReader(table.open()))
+    assert [r["label"] for r in rows] == LABELS and [float(r["threshold"]) for r in rows] == pytest.approx(thresholds, abs=1e-4)
+    vocabulary = Path(client(out).download_artifacts(run.info.run_id, "classes.txt", str(out / "dl")))
+    assert vocabulary.read_text().split() == LABELS and ckpt["classes"] == LABELS
+    pictures = [a.path for a in client(out).list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert pictures  # the val images with their true and predicted label sets, by step
+
+
+def val_files(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    val = next(iter(shapes(task="multilabel", image_size=32).eval.values()))
+    files = []
+    for i in range(count):
+        files.append(folder / f"shape_{i:02d}.png")
+        Image.fromarray(val[i][0].permute(1, 2, 0).numpy()).save(files[-1])
+    return files
+
+
+@pytest.mark.slow
+def test_predict_and_the_served_model_decide_with_the_tuned_thresholds(learned, tmp_path):
+    import mlflow
+
+    out, run, out_dir, _ = learned
+    thresholds = torch.load(out_dir / "best-map.pt", weights_only=True)["task_state"]["thresholds"]
+    files = val_files(tmp_path / "images", 40)
+    run_here("mode=predict", f"ckpt={out_dir}/best-map.pt", f"predict.input={tmp_path / 'images'}",
+             f"predict.output={tmp_path / 'predicted.csv'}", out=out)
+    rows = list(csv.DictReader((tmp_path / "predicted.csv").open()))
+    assert list(rows[0]) == ["path", "labels", *(f"prob_{c}" for c in LABELS)] and len(rows) == len(files)
+    for row in rows:  # the predicted set is every label whose probability reaches its tuned threshold
+        expected = [c for c, t in zip(LABELS, thresholds) if float(row[f"prob_{c}"]) >= t]
+        assert row["labels"].split() == expected, (row, thresholds)
+    with environment(MLFLOW_TRACKING_URI=None):
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    answers = served.predict([base64.b64encode(f.read_bytes()).decode() for f in files])
+    assert list(answers.columns) == ["labels", "probabilities"]
+    assert [list(labels) for labels in answers.labels] == [r["labels"].split() for r in rows]
+    for probabilities, row in zip(answers.probabilities, rows):
+        assert probabilities == pytest.approx([float(row[f"prob_{c}"]) for c in LABELS], abs=1e-4)
+    # the thresholds make a difference here: at 0.5 some image would get another label set
+    assert any([c for c in LABELS if float(r[f"prob_{c}"]) >= 0.5] != r["labels"].split() for r in rows) or \
+        all(t == 0.5 for t in thresholds)
+
+
+@pytest.mark.slow
+def test_eval_mode_measures_the_checkpoint_as_training_did(learned):
+    out, run, out_dir, _ = learned
+    ckpt = torch.load(out_dir / "best-map.pt", weights_only=True)
+    run_here("mode=eval", f"ckpt={out_dir}/best-map.pt", out=out)
+    evaluated = [r for r in runs(out) if r.data.tags["mode"] == "eval"][0]
+    assert evaluated.data.metrics["val/shapes/map"] == pytest.approx(ckpt["metrics"]["val/shapes/map"], abs=1e-6)
+    assert evaluated.data.metrics["objective"] == evaluated.data.metrics["val/shapes/map"]

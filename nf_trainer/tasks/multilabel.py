@@ -51,9 +51,17 @@ class Multilabel(Task):
 
     # -- the data and the model's shape --------------------------------------------------------------------
     def collate(self, samples: list) -> tuple:
-        """Images stacked; targets as float multi-hot (N, K), class indices made one-hot."""
+        """Images stacked; vector targets as float multi-hot (N, K); scalar ones (class indices, or what predict and
+        serving put there) as they are: the steps read class indices as one label per image (`labels`)."""
         images = default_collate([sample[0] for sample in samples])
-        return images, self.multi_hot([sample[1] for sample in samples])
+        targets = [sample[1] for sample in samples]
+        return images, (default_collate(targets) if np.ndim(np.asarray(targets[0])) == 0 else self.multi_hot(targets))
+
+    def labels(self, targets: torch.Tensor) -> torch.Tensor:
+        """A batch's targets as float multi-hot (N, K): class indices (N,) one-hot."""
+        if targets.dim() == 1:
+            return torch.nn.functional.one_hot(targets.long(), len(self.classes)).float()
+        return targets.float()
 
     def multi_hot(self, targets: list) -> torch.Tensor:
         first = torch.as_tensor(np.asarray(targets[0]))
@@ -77,13 +85,13 @@ class Multilabel(Task):
 
     # -- steps ---------------------------------------------------------------------------------------------
     def train_step(self, model, batch) -> Step:
-        images, targets = batch
+        images, targets = batch[0], self.labels(batch[1])
         inputs, loss_targets = self.batch_transform(images, targets) if self.batch_transform else (images, targets)
         logits = model(inputs)
         return Step(self.loss_fn(logits, loss_targets), targets.shape[0], logits.detach(), targets.long())
 
     def eval_step(self, model, batch) -> Step:
-        images, targets = batch
+        images, targets = batch[0], self.labels(batch[1])
         logits = model(images)
         return Step(self.loss_fn(logits, targets), targets.shape[0], logits, targets.long())
 
@@ -142,7 +150,7 @@ class Multilabel(Task):
 
     def draw(self, inputs, targets, predictions) -> np.ndarray:
         """Each image with its true and predicted label sets, the mistakes first."""
-        truth, predicted = targets.cpu() > 0.5, self.decide(predictions.cpu())
+        truth, predicted = self.labels(targets.cpu()) > 0.5, self.decide(predictions.cpu())
         wrong = (truth != predicted).any(dim=1).tolist()
         order = sorted(range(len(wrong)), key=lambda i: not wrong[i])
         images = viewable(inputs)
@@ -185,7 +193,7 @@ class Multilabel(Task):
 def probabilities_and_truth(task: Multilabel, model, loader, device, limit_batches) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities (N, K), multi-hot truth (N, K) bool) over a loader, on the CPU."""
     found, truths = predictions(task, model, loader, device, limit_batches)
-    return torch.cat(found).cpu(), torch.cat(truths).cpu() > 0.5
+    return torch.cat(found).cpu(), task.labels(torch.cat(truths).cpu()) > 0.5
 
 
 def label_counts(dataset, task: Multilabel) -> tuple[torch.Tensor, int]:
