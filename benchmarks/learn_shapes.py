@@ -29,7 +29,7 @@ def build(overrides: list[str], augment: list[str]):
     from nf_trainer.model.build import build_model, data_facts
     from nf_trainer.transforms import build_pipeline, node_list
 
-    cfg = project_config(["dataset=shapes", "model=tiny_detector", "transforms=detection", *overrides])
+    cfg = project_config(["task=detection", "dataset=shapes", "model=tiny_detector", "transforms=detection", *overrides])
     train_nodes = node_list(cfg.transforms.train)  # empty slots (augment, erasing) dropped
     at = next(i for i, node in enumerate(train_nodes) if node["_target_"].endswith("ToDtype"))
     train_nodes[at:at] = [EXTRA_STEPS[name] for name in augment]

@@ -54,7 +54,7 @@ POLYGONS = {
 SHAPES = ("circle", *POLYGONS)  # what `classes` may name
 DISTRACTORS = ("ellipse", "outline")  # no class: background for every task
 BACKGROUNDS = ("photo", "terrain", "noise")
-TASKS = ("detection",)
+TASKS = ("detection", "multilabel")
 
 
 def _unit_area(vertices: np.ndarray) -> np.ndarray:
@@ -93,6 +93,7 @@ class Scene:
     masks: np.ndarray  # (N, H, W) bool: the visible pixels of each kept instance, in drawing order
     labels: np.ndarray  # (N,) int64: class indices into spec.classes
     dropped: np.ndarray  # (H, W) bool: visible pixels of instances dropped as too occluded (void for segmentation)
+    num_classes: int = 0  # len(spec.classes): the length of a multi-hot target
 
 
 def render(spec: ShapesSpec, split: str, index: int) -> Scene:
@@ -135,7 +136,8 @@ def render(spec: ShapesSpec, split: str, index: int) -> Scene:
             dropped |= visible[i]
     return Scene(image=(image * 255).round().astype(np.uint8),
                  masks=np.stack([visible[i] for i in keep]) if keep else np.zeros((0, side, side), bool),
-                 labels=np.array([labels[i] for i in keep], dtype=np.int64), dropped=dropped)
+                 labels=np.array([labels[i] for i in keep], dtype=np.int64), dropped=dropped,
+                 num_classes=len(spec.classes))
 
 
 def _frame(xs, ys, centre, size, angle):
@@ -238,7 +240,15 @@ def detection_target(scene: Scene) -> tuple[tv_tensors.Image, dict]:
              "labels": torch.from_numpy(scene.labels)})
 
 
-TARGETS = {"detection": detection_target}
+def multilabel_target(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image (uint8, C x H x W) and the multi-hot float vector of the classes with a kept instance in it
+    (all zeros for a background-only image)."""
+    present = torch.zeros(int(scene.num_classes), dtype=torch.float32)
+    present[torch.from_numpy(scene.labels)] = 1.0
+    return torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(), present
+
+
+TARGETS = {"detection": detection_target, "multilabel": multilabel_target}
 
 
 class ShapesDataset(Dataset):

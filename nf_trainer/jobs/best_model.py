@@ -1,4 +1,5 @@
-"""After `fit`: the best checkpoint is loaded back, each eval set gets its reports, and the model is logged
+"""After `fit`: the best checkpoint is loaded back, the task fits what it decides with besides the weights (saved
+into that checkpoint), each eval set gets its reports, and the model is logged
 to MLflow once and exported to the formats in `export`; the checkpoints and the job log become artifacts."""
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from nf_trainer.jobs.run_record import record_log
 from nf_trainer.model.build import for_export
 from nf_trainer.tasks.base import move
 from nf_trainer.tracking.interface import Tracker
-from nf_trainer.trainer.checkpoint import load_checkpoint
+from nf_trainer.trainer.checkpoint import load_checkpoint, save_checkpoint
 from nf_trainer.trainer.distributed import barrier, unwrap
 from nf_trainer.trainer.state import Parts, Settings
 from nf_trainer.transforms import node_list
@@ -29,6 +30,7 @@ def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, tracker: 
     ckpt = load_checkpoint(path)
     unwrap(parts.model).load_state_dict(ckpt["model"])
     log.info("best model: %s (epoch %d)", path.name, ckpt["epoch"])
+    state = fit_task_state(parts, settings, tracker, ckpt, path)
     report_eval_sets(parts.task, parts.model, parts.eval_loaders, settings.device, settings.limit_eval_batches,
                      settings.out_dir, tracker)
     if settings.is_main and (cfg.mlflow.log_model or cfg.export):
@@ -37,7 +39,7 @@ def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, tracker: 
         if cfg.mlflow.log_model:
             uri = tracker.log_model(model, example, parts.task.classes, cfg.mlflow.registered_model_name,
                                     node_list(cfg.transforms.get("eval")), cfg.mlflow.registered_model_alias,
-                                    task=OmegaConf.to_container(cfg.task, resolve=True))
+                                    task={**OmegaConf.to_container(cfg.task, resolve=True), **state})
             log.info("logged the model: %s", uri)
         if cfg.export:
             folder = export_model(parts.task, model, example, list(cfg.export), settings.out_dir / "export")
@@ -45,6 +47,19 @@ def finish_training(parts: Parts, settings: Settings, cfg: DictConfig, tracker: 
     log_checkpoints(tracker, settings.out_dir, cfg.mlflow.log_checkpoints)
     record_log(tracker, settings.out_dir)
     return path
+
+
+def fit_task_state(parts: Parts, settings: Settings, tracker: Tracker, ckpt: dict, path: Path) -> dict:
+    """The task's fit after training on the best model (multi-label's per-label thresholds): its metrics logged at the
+    best epoch, its state written into the best checkpoint (`task_state`, which eval, predict and export rebuild the
+    task with) and returned for the logged model's task node."""
+    values = parts.task.after_training(parts.model, parts.eval_loaders, settings.device, settings.limit_eval_batches)
+    if values:
+        tracker.log_metrics(values, step=ckpt["epoch"])
+    state = parts.task.state()
+    if state and settings.is_main:
+        save_checkpoint({**ckpt, "task_state": state}, path)
+    return state
 
 
 def best_checkpoint(out_dir: Path, stems: list[str]) -> Path:

@@ -36,6 +36,7 @@ def evaluate(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str]) -> f
     task = checkpoint_task(source, device, loss=True)
     splits = read_splits(cfg, device)
     check_classes(source, splits.classes, "the dataset")
+    task.check_data(splits)  # as training does (and what the loss takes from the data: multi-label's pos_weight)
     data = build_loaders(cfg, splits, device, task.collate)
     model = checkpoint_model(source, task, device)
     eval_sets = list(splits.eval)

@@ -66,8 +66,9 @@ def open_checkpoint(cfg: DictConfig) -> Source:
 
 
 def checkpoint_task(source: Source, device: torch.device | None = None, loss: bool = False) -> Task:
-    """The checkpoint's task for its classes; with the `loss` group's loss (`loss`: for mode=eval)."""
-    return build_task(source.cfg, source.classes, source.facts if loss else None, device)
+    """The checkpoint's task for its classes, with what it fitted after training (`task_state`: multi-label's
+    thresholds); with the `loss` group's loss (`loss`: for mode=eval)."""
+    return build_task(source.cfg, source.classes, source.facts if loss else None, device, state=source.ckpt.get("task_state"))
 
 
 def checkpoint_model(source: Source, task: Task, device: torch.device) -> torch.nn.Module:

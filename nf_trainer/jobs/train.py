@@ -66,6 +66,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
     with tracked_outcome(tracker, out_dir), StopRequest() as state.stop:
         log.info("MLflow run %s (%s) in %s; outputs in %s", run_id, run_name, cfg.mlflow.tracking_uri, out_dir)
         record_config(cfg, tracker, out_dir)
+        tracker.log_text("".join(f"{name}\n" for name in data.splits.classes), "classes.txt")  # the vocabulary, in order
         if ddp.is_main:
             record_data(tracker, data.splits, out_dir)  # dataset inputs, data/bad_files count and list
         bad_before = len(data.splits.bad_files)

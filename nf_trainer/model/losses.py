@@ -25,3 +25,36 @@ def cross_entropy(label_smoothing: float = 0.0, class_weights: Sequence[float] |
 def build_loss(node, facts: dict) -> nn.Module:
     """The `loss` node, short names looked up in torch.nn, `num_classes` (class weights' length) from the data."""
     return create_instance(node, nn, **from_data(node, facts))
+
+
+class MultilabelBCE(nn.BCEWithLogitsLoss):
+    """`torch.nn.BCEWithLogitsLoss` on multi-hot (or MixUp-soft) targets, mean over labels and images. `pos_weight`:
+    null (none), one weight per label in label order, or `balanced`: each label's negatives / positives in the
+    train set (a rare label's positives count as much as its negatives), set from the data before training
+    (`fit_label_counts`, which task=multilabel calls)."""
+
+    def __init__(self, pos_weight: Sequence[float] | str | None = None, num_classes: int | None = None):
+        if isinstance(pos_weight, str) and pos_weight != BALANCED:
+            raise NfTrainerError(f"loss.pos_weight must be null, a list of one weight per label or '{BALANCED}', "
+                                 f"not '{pos_weight}'")
+        weights = None
+        if pos_weight is not None and not isinstance(pos_weight, str):
+            if num_classes is not None and len(pos_weight) != num_classes:
+                raise NfTrainerError(f"loss.pos_weight has {len(pos_weight)} values but the data has {num_classes} labels")
+            weights = torch.tensor(list(pos_weight), dtype=torch.float32)
+        super().__init__(pos_weight=weights)
+        self.wants_label_counts = pos_weight == BALANCED
+
+    def fit_label_counts(self, positives: torch.Tensor, count: int) -> None:
+        """pos_weight = negatives / positives per label (a label never positive: 1)."""
+        positives = positives.float()
+        weight = torch.where(positives > 0, (count - positives) / positives.clamp(min=1), torch.ones_like(positives))
+        self.pos_weight = weight
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.pos_weight is not None and self.pos_weight.device != input.device:  # fitted after the loss moved
+            self.pos_weight = self.pos_weight.to(input.device)
+        return super().forward(input, target)
+
+
+BALANCED = "balanced"

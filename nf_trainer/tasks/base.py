@@ -11,6 +11,7 @@ train_step/val_step and metric process/compute, Detectron2's "losses in train mo
     step = task.eval_step(model, batch)           # the validation loss where the model has one, and predictions
     metrics = task.build_metrics(node, device)    # updated with step.outputs/step.targets, computed as floats
     predictions = task.predict(model, inputs)     # in the pixels of the inputs
+    task.after_training(model, loaders, ...)      # once, on the best model: fit thresholds etc.; task.state() keeps them
     task.draw / report / write_predictions / answer
 
 A task is built for one job with the data's class names, the loss (`loss=` group, built by the job) and the
@@ -105,6 +106,20 @@ class Task:
                 raise NfTrainerError(f"metric {name} gives {value.numel()} values, neither one nor one per class "
                                      f"({len(self.classes)}): give it average=macro (or micro)")
         return values
+
+    # -- after training: what the task decides with besides the weights ------------------------------------
+    def after_training(self, model: torch.nn.Module, loaders: dict, device: torch.device,
+                       limit_batches: int | None) -> dict[str, float]:
+        """Called once on the best model, before the reports: fit what the task decides with besides the weights
+        (multi-label's per-label thresholds) on the eval `loaders`; returns metrics to log at the best epoch
+        (full keys, `val/<set>/<name>`). The default fits nothing."""
+        return {}
+
+    def state(self) -> dict:
+        """What `after_training` fitted, as keyword arguments of the task's constructor: written into the best
+        checkpoint (`task_state`) and the logged model's task node, so eval, predict and serving rebuild the task
+        as trained. {}: nothing beyond the config."""
+        return {}
 
     # -- what the model does, shown and written --------------------------------------------------------------
     def draw(self, inputs, targets, predictions) -> np.ndarray | None:
