@@ -39,8 +39,6 @@ class Segmentation(Task):
 
     def __init__(self, classes, loss=None, batch_transform=None, name: str = "segmentation", monitor: str = "miou",
                  aux_weight: float = 0.5, palette=None, alpha: float = 0.6):
-        if loss is None:
-            raise NfTrainerError("task=segmentation needs a loss: choose loss=pixel_cross_entropy (or loss=dice)")
         if batch_transform is not None:
             raise NfTrainerError("task=segmentation: MixUp/CutMix mix whole images and labels, not masks; set "
                                  "transforms.mixup_alpha=0 and transforms.cutmix_alpha=0")
@@ -65,6 +63,8 @@ class Segmentation(Task):
     # -- steps ---------------------------------------------------------------------------------------------
     def losses(self, output, masks: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The loss of the main output, plus `aux_weight` times the auxiliary head's where the model has one."""
+        if self.loss_fn is None:  # a task built to predict or serve has none
+            raise NfTrainerError("task=segmentation needs a loss: choose loss=pixel_cross_entropy (or loss=dice)")
         if isinstance(output, dict):
             main = self.loss_fn(output["out"], masks)
             if output.get("aux") is not None and self.aux_weight:
