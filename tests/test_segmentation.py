@@ -255,3 +255,35 @@ def test_a_real_image_and_mask_pair_trains_through_mask_folder(tmp_path):
     history = [m.value for m in metric_history(out, run.info.run_id, "val/quokka/miou")]
     assert history[-1] > max(0.6, history[0]), history
     assert "val/quokka/iou/quokka" in run.data.metrics
+
+
+# -- model options: both output forms, offline by default -----------------------------------------------------------
+@pytest.mark.parametrize("model", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "smp", "tiny_unet"])
+def test_every_model_option_trains_a_step_offline_in_either_output_form(model):
+    from nf_trainer.model.build import build_model
+    from nf_trainer.tasks import build_task
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg("task=segmentation", f"model={model}", "loss=dice")
+    facts = {"num_classes": 3, "in_channels": 3, "image_size": 64}
+    task = build_task(cfg, ["background", "a", "b"], facts)
+    net = build_model(cfg.model, task.model_facts(facts))
+    images, masks = torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    masks[:, :4] = 255
+    step = task.train_step(net.train(), (images, masks))
+    step.loss.backward()
+    assert torch.isfinite(step.loss) and step.outputs.shape == (2, 64, 64)
+    assert sorted(step.parts) == (["aux", "out"] if model == "deeplabv3_mobilenet_v3_large" else [])
+    assert task.predict(net.eval(), images).shape == (2, 3, 64, 64)
+
+
+def test_pretrained_backbones_are_opt_in_and_fail_offline_in_one_line(tmp_path):
+    from nf_trainer.model.segmentation import torchvision_segmenter
+
+    with environment(TORCH_HOME=str(tmp_path)), pytest.raises(NfTrainerError) as err:
+        torchvision_segmenter("lraspp_mobilenet_v3_large", 3, pretrained=True)
+    message = str(err.value)
+    assert message.startswith("cannot download the pretrained weights of lraspp_mobilenet_v3_large's backbone")
+    assert "model.pretrained=false" in message and "\n" not in message
+    with pytest.raises(NfTrainerError, match="has no auxiliary head"):
+        torchvision_segmenter("lraspp_mobilenet_v3_large", 3, aux_loss=True)
