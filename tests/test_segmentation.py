@@ -46,6 +46,25 @@ def test_miou_is_the_dataset_level_jaccard_of_torchmetrics_and_absent_classes_ar
     assert values["mean_accuracy"] == pytest.approx(torch.stack(recalls).mean().item())
 
 
+def test_predicted_masks_come_back_at_each_images_own_size_as_palette_pngs(tmp_path):
+    from nf_trainer.tasks.segmentation import Segmentation
+
+    task = Segmentation(["background", "a", "b"], palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]])
+    probabilities = torch.zeros(2, 3, 8, 8)
+    probabilities[:, 1, :, :4] = 1  # class a on the left half, b on the right half of the model's input
+    probabilities[:, 2, :, 4:] = 1
+    masks = task.unbatch(probabilities, [(8, 8), (8, 8)], [(16, 24), (5, 7)])
+    assert [tuple(m.shape) for m in masks] == [(16, 24), (5, 7)] and masks[0].dtype == torch.uint8
+    assert (masks[0][:, :12] == 1).all() and (masks[0][:, 12:] == 2).all()
+    written = task.write_predictions(tmp_path / "p.csv", [Path("x/one.jpg"), Path("y/one.jpg")], masks,
+                                     [(16, 24), (5, 7)], None)
+    with Image.open(written[1]) as first, Image.open(written[2]) as second:
+        assert first.mode == "P" and first.size == (24, 16) and second.size == (7, 5)  # two files of one name: both kept
+        assert np.array_equal(np.asarray(first), masks[0].numpy()) and first.getpalette()[3:6] == [255, 0, 0]
+    answer = task.answer(masks, [(16, 24), (5, 7)])
+    assert answer["class_names"] == [["a", "b"], ["a", "b"]] and answer["height"] == [16, 5]
+
+
 def test_shapes_masks_name_background_first_and_mark_occluded_remnants_void():
     data = shapes(task="segmentation", train_size=60, val_size=10)
     assert data.classes == ["background", "circle", "square", "triangle"]
@@ -213,20 +232,20 @@ def test_predict_writes_palette_pngs_at_each_images_own_size_and_the_logged_mode
     import mlflow
 
     out, run, out_dir, _ = segmenter
-    files = shapes_files(tmp_path / "x2", 4, 2)
-    run_here("mode=predict", f"ckpt={out_dir}/best-miou.pt", f"predict.input={tmp_path / 'x2'}",
-             f"predict.output={tmp_path / 'x2.csv'}", out=out)
-    rows = list(csv.DictReader((tmp_path / "x2.csv").open()))
+    files = shapes_files(tmp_path / "x1", 4, 1)
+    run_here("mode=predict", f"ckpt={out_dir}/best-miou.pt", f"predict.input={tmp_path / 'x1'}",
+             f"predict.output={tmp_path / 'x1.csv'}", out=out)
+    rows = list(csv.DictReader((tmp_path / "x1.csv").open()))
     assert [Path(r["image"]).name for r in rows] == [f.name for f in files]
     val = next(iter(shapes(task="segmentation").eval.values()))
     agree = []
     for i, row in enumerate(rows):
         with Image.open(row["mask"]) as mask:
-            assert mask.mode == "P" and mask.size == (128, 128)  # the file's own size, twice the model's input
+            assert mask.mode == "P" and mask.size == (64, 64)
             predicted = torch.from_numpy(np.asarray(mask))
         truth = val[i][1]
         keep = truth != 255
-        agree.append((predicted[::2, ::2][keep] == truth[keep]).float().mean().item())
+        agree.append((predicted[keep] == truth[keep]).float().mean().item())
     assert np.mean(agree) > 0.8  # the masks are the model's answer, not noise
     with environment(MLFLOW_TRACKING_URI=None):
         mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
