@@ -103,9 +103,6 @@ class Segmentation(Task):
     def metric_kwargs(self) -> dict:
         return {"num_classes": len(self.classes)}
 
-    def build_metrics(self, node: DictConfig, device: torch.device, train: bool = False):
-        return super().build_metrics(node, device, train)
-
     def metric_names(self, node: DictConfig, train: bool = False) -> list[str]:
         names = []
         for name, entry in (node or {}).items():
