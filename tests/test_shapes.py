@@ -101,7 +101,7 @@ def test_shuffled_labels_keep_the_images_and_boxes_of_the_true_run():
 def test_dataset_option_builds_from_conf_with_its_transforms():
     cfg = compose_cfg("task=detection", "dataset=shapes", "transforms=detection", "dataset.train_size=40", "dataset.val_size=10",
                       "dataset.image_size=48", "dataset.classes=[star,cross]")
-    assert list(cfg.dataset._tasks_) == ["detection", "multilabel"] and cfg.dataset.task == "detection"
+    assert list(cfg.dataset._tasks_) == ["detection", "multilabel", "segmentation"] and cfg.dataset.task == "detection"
     train_transform, eval_transform = build_transforms(cfg.transforms)
     data = create_instance(cfg.dataset, train_transform=train_transform, eval_transform=eval_transform)
     assert data.classes == ["star", "cross"] and data.image_size == 48 and len(data.train) == 40
@@ -113,7 +113,7 @@ def test_dataset_option_builds_from_conf_with_its_transforms():
 @pytest.mark.parametrize("overrides,needle", [
     ({"classes": ["circle", "hexagon", "blob"]}, "dataset.classes: unknown 'blob'; choose from circle, square"),
     ({"distractors": ["cloud"]}, "dataset.distractors: unknown 'cloud'; choose from ellipse, outline"),
-    ({"task": "segmentation"}, "dataset.task: unknown 'segmentation'; choose from detection, multilabel"),
+    ({"task": "keypoints"}, "dataset.task: unknown 'keypoints'; choose from detection, multilabel, segmentation"),
     ({"size": [0.5, 0.2]}, "dataset.size must be [low, high] with 0 < low <= high <= 1"),
 ])
 def test_bad_settings_are_one_line_errors(overrides, needle):

@@ -54,7 +54,7 @@ POLYGONS = {
 SHAPES = ("circle", *POLYGONS)  # what `classes` may name
 DISTRACTORS = ("ellipse", "outline")  # no class: background for every task
 BACKGROUNDS = ("photo", "terrain", "noise")
-TASKS = ("detection", "multilabel")
+TASKS = ("detection", "multilabel", "segmentation")
 
 
 def _unit_area(vertices: np.ndarray) -> np.ndarray:
@@ -248,7 +248,24 @@ def multilabel_target(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(), present
 
 
-TARGETS = {"detection": detection_target, "multilabel": multilabel_target}
+
+VOID = 255  # the mask value of pixels no class is asked for (every mask format's "ignore")
+
+
+def segmentation_target(scene: Scene) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """An index mask (H, W) uint8: 0 background (distractors included: they are no class, a model must learn to
+    leave them out), 1..K the visible pixels of each class, VOID (255) the remnants of instances dropped as too
+    occluded (a shape too little seen to tell)."""
+    mask = np.zeros(scene.image.shape[:2], np.uint8)
+    for visible, label in zip(scene.masks, scene.labels):
+        mask[visible] = label + 1
+    mask[scene.dropped] = VOID
+    return (tv_tensors.Image(torch.from_numpy(scene.image).permute(2, 0, 1).contiguous()),
+            tv_tensors.Mask(torch.from_numpy(mask)))
+
+
+TARGETS = {"detection": detection_target, "multilabel": multilabel_target, "segmentation": segmentation_target}
+LEADING_CLASSES = {"segmentation": ("background",)}  # the names of a task's indices before the shapes' (mask value 0)
 
 
 class ShapesDataset(Dataset):
@@ -293,7 +310,8 @@ def shapes(name: str = "shapes", classes=ShapesSpec.classes, distractors=ShapesS
     train = ShapesDataset(spec, "train", int(train_size), task, train_transform, name)
     val = ShapesDataset(spec, "val", int(val_size), task, eval_transform, name)
     channels, side = probe_shape(val, name)
-    return DataSplits(train=train, eval={name: val}, classes=list(spec.classes), in_channels=channels, image_size=side)
+    classes = [*LEADING_CLASSES.get(task, ()), *spec.classes]
+    return DataSplits(train=train, eval={name: val}, classes=classes, in_channels=channels, image_size=side)
 
 
 def _check(spec: ShapesSpec, task: str, train_size: int, val_size: int) -> None:

@@ -12,14 +12,38 @@ from nf_trainer.model.build import from_data
 
 
 def cross_entropy(label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None,
-                  num_classes: int | None = None) -> nn.CrossEntropyLoss:
-    """`torch.nn.CrossEntropyLoss`; `class_weights` is a plain list, one weight per class in class order."""
+                  num_classes: int | None = None, ignore_index: int = -100) -> nn.CrossEntropyLoss:
+    """`torch.nn.CrossEntropyLoss`; `class_weights` is a plain list, one weight per class in class order;
+    targets equal to `ignore_index` (segmentation's void, 255) weigh nothing."""
     weight = None
     if class_weights is not None:
         if num_classes is not None and len(class_weights) != num_classes:
             raise NfTrainerError(f"loss.class_weights has {len(class_weights)} values but the data has {num_classes} classes")
         weight = torch.tensor(list(class_weights), dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing, ignore_index=ignore_index)
+
+
+class DiceCrossEntropy(nn.Module):
+    """segmentation-models-pytorch's multiclass DiceLoss (over the batch) times `dice_weight`, plus per-pixel
+    cross-entropy times `ce_weight`; `ignore_index` pixels weigh nothing in either."""
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int = 255):
+        super().__init__()
+        from segmentation_models_pytorch.losses import DiceLoss  # lazy: only this loss needs it
+
+        self.dice = DiceLoss(mode="multiclass", ignore_index=ignore_index)
+        self.ce = nn.CrossEntropyLoss(ignore_index=ignore_index)
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = self.dice_weight * self.dice(logits, masks)
+        return loss + self.ce_weight * self.ce(logits, masks) if self.ce_weight else loss
+
+
+def dice_cross_entropy(dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int = 255) -> DiceCrossEntropy:
+    if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
+        raise NfTrainerError(f"loss.dice_weight={dice_weight} and loss.ce_weight={ce_weight}: both >= 0, not both 0")
+    return DiceCrossEntropy(dice_weight, ce_weight, ignore_index)
 
 
 def build_loss(node, facts: dict) -> nn.Module:

@@ -1,0 +1,308 @@
+"""task=segmentation end to end: the tiny UNet learns the generated shapes' masks far above the same run on shuffled
+masks, and its run holds what a segmentation researcher reads (losses, mIoU, per-class IoU, overlays by step,
+reports); the checkpoint evaluates, predicts palette PNG masks at each image's own size, and the logged model
+answers raw images with masks. A real image and mask pair (imgaug's quokka) trains through dataset=mask_folder.
+Every bad input of a mask folder is one line. The metric arithmetic is checked against torchmetrics in-process."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nf_trainer.core.errors import NfTrainerError
+from nf_trainer.dataset.masks import mask_folder, write_index_png
+from nf_trainer.dataset.shapes import shapes
+from nf_trainer.tasks.segmentation import confusion_values
+from tests.conftest import ROOT, client, environment, fails_in_one_line, metric_history, only_run, run_here, run_main, runs
+
+QUOKKA = ROOT / "tests" / "data" / "quokka"
+LEARN = ("task=segmentation", "trainer.progress_bar=false")  # the task's own recipe: 12 epochs of dataset=shapes
+
+
+# -- the arithmetic, in-process ------------------------------------------------------------------------------
+def test_miou_is_the_dataset_level_jaccard_of_torchmetrics_and_absent_classes_are_absent():
+    from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
+
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 4, (6, 20, 20), generator=generator)  # class 4 never appears, nor is predicted
+    predicted = torch.where(torch.rand(6, 20, 20, generator=generator) < 0.7, truth,
+                            torch.randint(0, 4, (6, 20, 20), generator=generator))
+    truth[:, :3] = 255  # void rows weigh nothing
+    matrix = MulticlassConfusionMatrix(5, ignore_index=255)(predicted, truth)
+    values = confusion_values(matrix, ["bg", "a", "b", "c", "never"])
+    per_class = MulticlassJaccardIndex(5, ignore_index=255, average=None)(predicted, truth)
+    assert values["miou"] == pytest.approx(MulticlassJaccardIndex(5, ignore_index=255)(predicted, truth).item(), abs=1e-6)
+    assert [values[f"iou/{c}"] for c in ("bg", "a", "b", "c")] == pytest.approx(per_class[:4].tolist(), abs=1e-6)
+    assert "iou/never" not in values and per_class[4] == 0  # torchmetrics says 0; we say absent
+    keep = truth != 255
+    assert values["pixel_accuracy"] == pytest.approx((predicted[keep] == truth[keep]).float().mean().item())
+    recalls = [((predicted == c) & (truth == c)).sum() / (truth == c).sum() for c in range(4)]
+    assert values["mean_accuracy"] == pytest.approx(torch.stack(recalls).mean().item())
+
+
+def test_predicted_masks_come_back_at_each_images_own_size_as_palette_pngs(tmp_path):
+    from nf_trainer.tasks.segmentation import Segmentation
+
+    task = Segmentation(["background", "a", "b"], palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]])
+    probabilities = torch.zeros(2, 3, 8, 8)
+    probabilities[:, 1, :, :4] = 1  # class a on the left half, b on the right half of the model's input
+    probabilities[:, 2, :, 4:] = 1
+    masks = task.unbatch(probabilities, [(8, 8), (8, 8)], [(16, 24), (5, 7)])
+    assert [tuple(m.shape) for m in masks] == [(16, 24), (5, 7)] and masks[0].dtype == torch.uint8
+    assert (masks[0][:, :12] == 1).all() and (masks[0][:, 12:] == 2).all()
+    written = task.write_predictions(tmp_path / "p.csv", [Path("x/one.jpg"), Path("y/one.jpg")], masks,
+                                     [(16, 24), (5, 7)], None)
+    with Image.open(written[1]) as first, Image.open(written[2]) as second:
+        assert first.mode == "P" and first.size == (24, 16) and second.size == (7, 5)  # two files of one name: both kept
+        assert np.array_equal(np.asarray(first), masks[0].numpy()) and first.getpalette()[3:6] == [255, 0, 0]
+    answer = task.answer(masks, [(16, 24), (5, 7)])
+    assert answer["class_names"] == [["a", "b"], ["a", "b"]] and answer["height"] == [16, 5]
+
+
+def test_shapes_masks_name_background_first_and_mark_occluded_remnants_void():
+    data = shapes(task="segmentation", train_size=60, val_size=10)
+    assert data.classes == ["background", "circle", "square", "triangle"]
+    seen = set()
+    for i in range(60):
+        image, mask = data.train[i]
+        assert mask.shape == image.shape[-2:] and mask.dtype == torch.uint8
+        seen |= set(mask.unique().tolist())
+        scene = data.train.scene(i)
+        for visible, label in zip(scene.masks, scene.labels):
+            assert (mask[torch.from_numpy(visible)] == label + 1).all()
+    assert seen == {0, 1, 2, 3, 255}
+    control = shapes(task="segmentation", train_size=60, val_size=10, shuffle_labels=True)
+    changed = sum(not torch.equal(data.train[i][1], control.train[i][1]) for i in range(60))
+    assert changed > 20 and all(torch.equal(data.train[i][1] > 0, control.train[i][1] > 0) for i in range(60))
+
+
+# -- mask folders: reading and bad input ------------------------------------------------------------------------
+def pair_folder(root: Path, count: int = 3, size=(24, 16), colours: bool = False) -> Path:
+    """`count` images with index masks (0 left half, 1 right half, a void line), optionally as RGB colours."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        w, h = size
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(root / "images" / f"p{i}.jpg")
+        mask = np.zeros((h, w), np.uint8)
+        mask[:, w // 2:] = 1
+        mask[0] = 255
+        if colours:
+            rgb = np.zeros((h, w, 3), np.uint8)
+            rgb[mask == 1] = (255, 0, 0)
+            rgb[mask == 255] = (224, 224, 192)
+            Image.fromarray(rgb).save(root / "masks" / f"p{i}.png")
+        else:
+            write_index_png(mask, root / "masks" / f"p{i}.png")
+    return root
+
+
+def test_mask_folder_reads_index_and_colour_masks_alike(tmp_path):
+    index = mask_folder(pair_folder(tmp_path / "index"), classes=["background", "thing"], val_fraction=0.3)
+    coloured = mask_folder(pair_folder(tmp_path / "rgb", colours=True), classes=["background", "thing"],
+                           palette=[[0, 0, 0], [255, 0, 0]], void_colour=[224, 224, 192], val_fraction=0.3)
+    assert len(index.train) == 2 and len(index.eval["index"]) == 1 and index.image_size == 0
+    for i in range(2):
+        assert torch.equal(index.train[i][1], coloured.train[i][1])
+    assert set(index.train[0][1].unique().tolist()) == {0, 1, 255}
+    described = mask_folder(QUOKKA, val=str(QUOKKA))
+    assert described.classes == ["background", "quokka"] and described.in_channels == 3
+
+
+@pytest.mark.parametrize("spoil,needle", [
+    ("size", "is 12x16 but its image"),
+    ("value", "has the value 7, neither a class index (0..1: 2 classes) nor 255"),
+    ("missing", "has no mask"),
+    ("jpeg", "is a JPEG: lossy compression"),
+    ("colour", "has the colour [0, 255, 0], which no class has in dataset.palette"),
+])
+def test_a_bad_mask_folder_fails_in_one_line_naming_the_file(tmp_path, spoil, needle):
+    root = pair_folder(tmp_path / "pairs", colours=spoil == "colour")
+    mask = root / "masks" / "p1.png"
+    if spoil == "size":
+        write_index_png(np.zeros((16, 12), np.uint8), mask)
+    elif spoil == "value":
+        write_index_png(np.full((16, 24), 7, np.uint8), mask)
+    elif spoil == "missing":
+        mask.unlink()
+    elif spoil == "jpeg":
+        mask.unlink()
+        Image.fromarray(np.zeros((16, 24), np.uint8)).save(root / "masks" / "p1.jpg")
+    elif spoil == "colour":
+        Image.fromarray(np.full((16, 24, 3), (0, 255, 0), np.uint8)).save(mask)
+    palette = {"palette": [[0, 0, 0], [255, 0, 0]], "void_colour": [224, 224, 192]} if spoil == "colour" else {}
+    with pytest.raises(NfTrainerError) as err:
+        mask_folder(root, classes=["background", "thing"], val_fraction=0.3, **palette)
+    message = str(err.value)
+    assert needle in message and "p1" in message and "\n" not in message, message
+
+
+def test_bad_input_through_main_is_one_line_and_leaves_no_run(out, tmp_path):
+    line = fails_in_one_line("task=segmentation", "model=resnet18", out=out)
+    assert line.startswith("task=segmentation with model=resnet18: it serves classification") and "model=tiny_unet" in line
+    root = pair_folder(tmp_path / "pairs")
+    write_index_png(np.full((16, 24), 9, np.uint8), root / "masks" / "p2.png")
+    line = fails_in_one_line("task=segmentation", "dataset=mask_folder", f"dataset.root={root}",
+                             "dataset.classes=[background,thing]", "dataset.val_fraction=0.3", out=out)
+    assert "p2.png has the value 9" in line
+    assert runs(out) == []  # refused before any run starts
+
+
+# -- training end to end -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segmenter(tmp_path_factory):
+    """`python main.py task=segmentation` as a new user runs it (dataset=shapes, model=tiny_unet), with its model
+    logged and a TorchScript export: (out, run, output dir, stdout)."""
+    out = tmp_path_factory.mktemp("segmenter") / "outputs"
+    out.mkdir()
+    result = run_main(*LEARN, "mlflow.log_model=true", "export=[torchscript]", out=out, timeout=1800)
+    run = only_run(out)
+    return out, run, Path(run.data.tags["output_dir"]), result.stdout + result.stderr
+
+
+def best(out, run, key: str) -> float:
+    return max(m.value for m in metric_history(out, run.info.run_id, key))
+
+
+@pytest.mark.slow  # two trainings of the tiny UNet
+def test_the_tiny_unet_learns_shapes_masks_far_above_shuffled_masks(segmenter, tmp_path):
+    out, run, _, _ = segmenter
+    control = tmp_path / "control"
+    control.mkdir()
+    run_here(*LEARN, "dataset.shuffle_labels=true", "trainer.pictures=0", out=control)
+    learned, shuffled = best(out, run, "val/shapes/miou"), best(control, only_run(control), "val/shapes/miou")
+    # shuffled masks still teach where the shapes are (background vs object), not which shape
+    assert learned >= 0.6 and learned >= shuffled + 0.2, (learned, shuffled)
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_logs_miou_per_class_iou_overlays_and_reports(segmenter):
+    out, run, out_dir, log = segmenter
+    epochs = int(run.data.params["trainer.max_epochs"])
+    steps = list(range(1, epochs + 1))
+    for key in ("train/loss", "train/miou", "val/shapes/loss", "val/shapes/miou", "val/shapes/pixel_accuracy",
+                "val/shapes/mean_accuracy", "val/shapes/iou/background", "val/shapes/iou/circle",
+                "val/shapes/iou/square", "val/shapes/iou/triangle"):
+        assert [m.step for m in metric_history(out, run.info.run_id, key)] == steps, key
+    assert run.data.metrics["objective"] == best(out, run, "val/shapes/miou")
+    assert f"best val/shapes/miou: {run.data.metrics['objective']:#.4g} at epoch" in log
+    assert f"best checkpoint: {out_dir}/best-miou.pt" in log
+    assert run.data.params["data.num_classes"] == "4"
+    artifacts = {a.path for a in client(out).list_artifacts(run.info.run_id, "reports/shapes")}
+    assert {"reports/shapes/per_class_iou.csv", "reports/shapes/per_class_iou.png", "reports/shapes/confusion_matrix.csv",
+            "reports/shapes/confusion_matrix.png"} <= artifacts
+    table = Path(client(out).download_artifacts(run.info.run_id, "reports/shapes/per_class_iou.csv", str(out / "dl")))
+    rows = list(csv.DictReader(table.open()))
+    assert [r["class"] for r in rows] == ["background", "circle", "square", "triangle"]
+    assert all(0 < float(r["iou"]) <= 1 for r in rows)
+    pictures = [a.path for a in client(out).list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
+    assert len(pictures) >= 2  # by step (pictures never take more than ~2% of the training)
+    with Image.open(client(out).download_artifacts(run.info.run_id, pictures[0], str(out / "dl"))) as picture:
+        assert picture.mode == "RGB" and picture.width > 3 * 128
+
+
+@pytest.mark.slow
+def test_eval_mode_measures_the_checkpoint_as_training_did(segmenter):
+    out, run, out_dir, _ = segmenter
+    ckpt = torch.load(out_dir / "best-miou.pt", weights_only=True)
+    run_here("mode=eval", f"ckpt={out_dir}/best-miou.pt", out=out)
+    evaluated = [r for r in runs(out) if r.data.tags["mode"] == "eval"][0]
+    assert evaluated.data.metrics["val/shapes/miou"] == pytest.approx(ckpt["metrics"]["val/shapes/miou"], abs=1e-6)
+
+
+def shapes_files(folder: Path, count: int, scale: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    val = next(iter(shapes(task="segmentation").eval.values()))
+    files = []
+    for i in range(count):
+        image = Image.fromarray(val[i][0].permute(1, 2, 0).numpy())
+        files.append(folder / f"shape_{i:02d}.png")
+        image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(files[-1])
+    return files
+
+
+@pytest.mark.slow
+def test_predict_writes_palette_pngs_at_each_images_own_size_and_the_logged_model_answers_masks(segmenter, tmp_path):
+    import mlflow
+
+    out, run, out_dir, _ = segmenter
+    files = shapes_files(tmp_path / "x1", 4, 1)
+    run_here("mode=predict", f"ckpt={out_dir}/best-miou.pt", f"predict.input={tmp_path / 'x1'}",
+             f"predict.output={tmp_path / 'x1.csv'}", out=out)
+    rows = list(csv.DictReader((tmp_path / "x1.csv").open()))
+    assert [Path(r["image"]).name for r in rows] == [f.name for f in files]
+    val = next(iter(shapes(task="segmentation").eval.values()))
+    agree = []
+    for i, row in enumerate(rows):
+        with Image.open(row["mask"]) as mask:
+            assert mask.mode == "P" and mask.size == (64, 64)
+            predicted = torch.from_numpy(np.asarray(mask))
+        truth = val[i][1]
+        keep = truth != 255
+        agree.append((predicted[keep] == truth[keep]).float().mean().item())
+    assert np.mean(agree) > 0.8  # the masks are the model's answer, not noise
+    with environment(MLFLOW_TRACKING_URI=None):
+        mlflow.set_tracking_uri(f"sqlite:///{out}/mlflow.db")
+        served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    answers = served.predict([base64.b64encode(f.read_bytes()).decode() for f in files])
+    assert list(answers.columns) == ["mask", "class_names", "height", "width"]
+    for row, answer, names in zip(rows, answers["mask"], answers["class_names"]):
+        with Image.open(io.BytesIO(base64.b64decode(answer))) as served_mask, Image.open(row["mask"]) as written:
+            assert np.array_equal(np.asarray(served_mask), np.asarray(written))
+        assert ";".join(names) == row["classes"]
+    scripted = torch.jit.load(str(out_dir / "export" / "model.torchscript.pt"))
+    assert scripted(torch.rand(2, 3, 64, 64)).shape == (2, 4, 64, 64)
+
+
+@pytest.mark.slow
+def test_a_real_image_and_mask_pair_trains_through_mask_folder(tmp_path):
+    """imgaug's quokka photograph and its outline polygon as a mask (tests/data/quokka), trained and evaluated on
+    itself: the plumbing of a real file pair, and a model that fits it."""
+    out = tmp_path / "outputs"
+    out.mkdir()
+    run_here("task=segmentation", "dataset=mask_folder", f"dataset.root={QUOKKA}", f"dataset.val={QUOKKA}",
+             "transforms=segmentation_resize", "transforms.size=96", "loader.batch_size=1", "loader.eval_batch_size=1",
+             "trainer.max_epochs=30", "trainer.early_stopping.enabled=false", "trainer.pictures=1",
+             "trainer.progress_bar=false", out=out)
+    run = only_run(out)
+    history = [m.value for m in metric_history(out, run.info.run_id, "val/quokka/miou")]
+    assert history[-1] > max(0.6, history[0]), history
+    assert "val/quokka/iou/quokka" in run.data.metrics
+
+
+# -- model options: both output forms, offline by default -----------------------------------------------------------
+@pytest.mark.parametrize("model", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "smp", "tiny_unet"])
+def test_every_model_option_trains_a_step_offline_in_either_output_form(model):
+    from nf_trainer.model.build import build_model
+    from nf_trainer.tasks import build_task
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg("task=segmentation", f"model={model}", "loss=dice")
+    facts = {"num_classes": 3, "in_channels": 3, "image_size": 64}
+    task = build_task(cfg, ["background", "a", "b"], facts)
+    net = build_model(cfg.model, task.model_facts(facts))
+    images, masks = torch.rand(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    masks[:, :4] = 255
+    step = task.train_step(net.train(), (images, masks))
+    step.loss.backward()
+    assert torch.isfinite(step.loss) and step.outputs.shape == (2, 64, 64)
+    assert sorted(step.parts) == (["aux", "out"] if model == "deeplabv3_mobilenet_v3_large" else [])
+    assert task.predict(net.eval(), images).shape == (2, 3, 64, 64)
+
+
+def test_pretrained_backbones_are_opt_in_and_fail_offline_in_one_line(tmp_path):
+    from nf_trainer.model.segmentation import torchvision_segmenter
+
+    with environment(TORCH_HOME=str(tmp_path)), pytest.raises(NfTrainerError) as err:
+        torchvision_segmenter("lraspp_mobilenet_v3_large", 3, pretrained=True)
+    message = str(err.value)
+    assert message.startswith("cannot download the pretrained weights of lraspp_mobilenet_v3_large's backbone")
+    assert "model.pretrained=false" in message and "\n" not in message
+    with pytest.raises(NfTrainerError, match="has no auxiliary head"):
+        torchvision_segmenter("lraspp_mobilenet_v3_large", 3, aux_loss=True)
