@@ -171,8 +171,8 @@ CASES = [
          "the search space entry 'optimizer.lr=interval(0.1, 0.001)' is not a valid range: `low <= high` must hold"),
     Case("optuna_space_that_does_not_parse", (*FAST, "hparams_search=optuna", "optimizer.lr=interval(1e-4)"),
          "Error parsing override 'optimizer.lr=interval(1e-4)'. TypeError while evaluating 'interval(1e-4)'"),
-    Case("optuna_direction_against_the_objective", (*FAST, "hparams_search=optuna", "hydra.sweeper.direction=minimize"),
-         "objective.metric=f1 is maximized but hydra.sweeper.direction=minimize: set objective.mode or the direction"),
+    Case("optuna_direction_against_the_objective", (*FAST, "hparams_search=optuna", "hydra.sweeper.direction=maximize"),
+         "objective.metric=loss is minimized but hydra.sweeper.direction=maximize: set objective.mode or the direction"),
 ]
 
 

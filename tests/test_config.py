@@ -138,8 +138,8 @@ def test_help_lists_groups_without_importing_torch_or_mlflow(tmp_path):
         assert "HEAVY: []" in result.stdout
     help_text = subprocess.run([sys.executable, str(MAIN), "--help"], capture_output=True, text=True, timeout=60).stdout
     for line in ("optimizer: adam, adamw, adan, lamb, lion, rmsprop, sgd", "scheduler: cosine, multistep, none, onecycle, step",
-                 "model: convnext_tiny, efficientnet_b0, efficientnet_b1", "debug: fast, overfit",
-                 "dataset: cifar10, cifar100, coco, csv, digits, fashion_mnist, image_folder, mnist, multi",
+                 "model: convnext_tiny, deeplabv3_mobilenet_v3_large, efficientnet_b0", "debug: fast, overfit",
+                 "dataset: cifar10, cifar100, coco, csv, digits, fashion_mnist, image_folder, mask_folder, mnist, multi",
                  "transforms: cifar, detection, digits, imagenet", "task: classification, detection",
                  "transforms/augment: autoaugment, randaugment, trivialaugment"):
         assert line in help_text

@@ -13,8 +13,8 @@ from tests.conftest import metric_history, run_here, runs
 
 CENTRE = ("task._target_=tests.centre_task.Centre", "task.name=centre", "task.monitor=error",
           "model._target_=tests.centre_task.CentreNet", "dataset._target_=tests.centre_task.centres",
-          "dataset.name=centres", "~loss", "~metrics", "transforms=none", "trainer.max_epochs=6",
-          "trainer.progress_bar=false", "trainer.early_stopping.enabled=false")
+          "dataset.name=centres", "~model._tasks_", "~dataset._tasks_", "~loss", "~metrics", "transforms=none",
+          "trainer.max_epochs=6", "trainer.progress_bar=false", "trainer.early_stopping.enabled=false")
 
 
 def test_a_task_defined_in_the_test_tree_trains_through_main_and_learns(tmp_path, empty_store):
