@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nf_trainer.tasks.charts import ap_chart
 from nf_trainer.trainer.evaluation import predictions
 
 CURVES = 12  # classes drawn in pr_curves.png: all up to this many, else the lowest AP50 (the mean curve always)
-BARS = 40  # classes in the AP chart: all up to this many, else the lowest and the highest
 
 
 def write_reports(task, model, loader, device, limit_batches, folder: Path, title: str) -> None:
@@ -33,7 +33,8 @@ def write_reports(task, model, loader, device, limit_batches, folder: Path, titl
         writer.writerow(["class", "ap", "ap_50", "ap_75", "ar_100", "boxes"])
         writer.writerows([r["class"], *(fmt(r[k]) for k in ("ap", "ap_50", "ap_75", "ar_100")), r["boxes"]] for r in rows)
     heading = f"{title}: mAP {result['map'].item():.4f}, mAP50 {result['map_50'].item():.4f} ({sum(boxes.values())} boxes)"
-    ap_chart(rows, heading, folder / "per_class_ap.png")
+    ap_chart(rows, "class", [("ap_50", "AP50", 0.3), ("ap", "AP 0.50:0.95", 1.0)], heading,
+             folder / "per_class_ap.png")
     pr_curves(result, rows, heading, folder / "pr_curves.png")
 
 
@@ -68,26 +69,8 @@ def fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.4f}"
 
 
-def ap_chart(rows: list[dict], heading: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # lazy: reports come at a job's end; no pyplot: no GUI backend
-
-    rated = sorted((r for r in rows if r["ap"] is not None), key=lambda r: r["ap"])
-    if len(rated) > BARS:
-        rated = rated[: BARS // 2] + rated[-BARS // 2:]
-    figure = Figure(figsize=(8, 1.5 + 0.3 * max(len(rated), 1)), layout="constrained")
-    axes = figure.subplots()
-    names = [r["class"] for r in rated]
-    axes.barh(names, [r["ap_50"] or 0 for r in rated], color="tab:blue", alpha=0.3, label="AP50")
-    bars = axes.barh(names, [r["ap"] for r in rated], color="tab:blue", label="AP 0.50:0.95")
-    axes.bar_label(bars, fmt="%.3f", padding=3, fontsize="small")
-    axes.set_xlim(0, 1)
-    axes.legend(loc="lower right")
-    axes.set_title(heading + ("" if len(rows) <= BARS else f"\nlowest and highest {BARS // 2} of {len(rows)} classes"))
-    figure.savefig(path, dpi=100)
-
-
 def pr_curves(result: dict, rows: list[dict], heading: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # lazy: see ap_chart
+    from matplotlib.figure import Figure  # lazy: reports come at a job's end; no pyplot: no GUI backend
 
     ids = result["classes"].flatten().tolist()
     recall = np.linspace(0, 1, result["precision"].shape[1])

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import multilabel_precision_recall_curve
 
+from nf_trainer.tasks.charts import ap_chart
 from nf_trainer.tasks.multilabel_metrics import LabelAUROC, LabelAveragePrecision
 
 CURVES = 12  # labels drawn in pr_curves.png: all up to this many, else the lowest AP (the mean curve always)
-BARS = 40  # labels in the AP chart: all up to this many, else the lowest and the highest
 
 
 def write_reports(probabilities: torch.Tensor, truth: torch.Tensor, classes: list[str], cutoffs: torch.Tensor,
@@ -26,7 +26,9 @@ def write_reports(probabilities: torch.Tensor, truth: torch.Tensor, classes: lis
         writer.writerows([fmt(row[c]) for c in columns] for row in rows)
     rated = [r["ap"] for r in rows if r["ap"] is not None]
     heading = f"{title}: mAP {np.mean(rated):.4f} over {len(rated)} labels ({len(truth)} images)" if rated else title
-    ap_chart(rows, heading, folder / "per_label_ap.png")
+    unrated = [r["label"] for r in rows if r["ap"] is None]
+    note = f"\nno positive in the set (AP undefined): {', '.join(unrated[:8])}" if unrated else ""
+    ap_chart(rows, "label", [("ap", "AP", 1.0)], heading, folder / "per_label_ap.png", note)
     pr_curves(probabilities, truth, rows, heading, folder / "pr_curves.png")
 
 
@@ -61,25 +63,8 @@ def fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def ap_chart(rows: list[dict], heading: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # lazy: reports come at a job's end; no pyplot: no GUI backend
-
-    rated = sorted((r for r in rows if r["ap"] is not None), key=lambda r: r["ap"])
-    if len(rated) > BARS:
-        rated = rated[: BARS // 2] + rated[-BARS // 2:]
-    figure = Figure(figsize=(8, 1.5 + 0.3 * max(len(rated), 1)), layout="constrained")
-    axes = figure.subplots()
-    bars = axes.barh([r["label"] for r in rated], [r["ap"] for r in rated], color="tab:blue", label="AP")
-    axes.bar_label(bars, fmt="%.3f", padding=3, fontsize="small")
-    axes.set_xlim(0, 1.1)
-    unrated = [r["label"] for r in rows if r["ap"] is None]
-    note = f"\nno positive in the set (AP undefined): {', '.join(unrated[:8])}" if unrated else ""
-    axes.set_title(heading + ("" if len(rows) <= BARS else f"\nlowest and highest {BARS // 2} of {len(rows)} labels") + note)
-    figure.savefig(path, dpi=100)
-
-
 def pr_curves(probabilities, truth, rows: list[dict], heading: str, path: Path) -> None:
-    from matplotlib.figure import Figure  # lazy: see ap_chart
+    from matplotlib.figure import Figure  # lazy: reports come at a job's end; no pyplot: no GUI backend
 
     precision, recall, _ = multilabel_precision_recall_curve(probabilities, truth.long(), num_labels=len(rows))
     rated = [i for i, r in enumerate(rows) if r["ap"] is not None]
