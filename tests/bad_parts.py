@@ -39,6 +39,26 @@ class FaultyCNN(SimpleCNN):
         return logits * float("nan") if self.steps in self.nan_at else logits
 
 
+def held(inner: str, hold_while: str, hold_at: int, **kwargs) -> torch.nn.Module:
+    """Any model (`inner`: its dotted target, built with the node's other keys), with FaultyCNN's `hold_while`:
+    training step `hold_at` (1-based, counted in this process) is held while the file `hold_while` exists. The
+    model itself is `inner`'s (its state dict unchanged): a forward pre-hook does the holding, for every task."""
+    from hydra.utils import get_object
+
+    model = get_object(inner)(**kwargs)
+    steps = 0
+
+    def count(module, args):
+        nonlocal steps
+        if module.training:
+            steps += 1
+            if steps == hold_at:
+                hold(hold_while)
+
+    model.register_forward_pre_hook(count)
+    return model
+
+
 def hold(gate: str | None) -> None:
     """While the file `gate` exists: wait, having written `<gate>.reached` (what the test waits for)."""
     if gate and Path(gate).exists():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import importlib.util
 import io
 from pathlib import Path
 
@@ -152,6 +153,149 @@ def test_bad_input_through_main_is_one_line_and_leaves_no_run(out, tmp_path):
                              "dataset.classes=[background,thing]", "dataset.val_fraction=0.3", out=out)
     assert "p2.png has the value 9" in line
     assert runs(out) == []  # refused before any run starts
+
+
+# -- Pascal VOC: dataset=voc_seg ---------------------------------------------------------------------------------------
+VOC_TRAIN, VOC_VAL = ["2007_000032", "2007_000039", "2008_000002", "2008_000003"], ["2007_000033", "2009_000001"]
+
+
+def voc_tree(root: Path) -> dict[str, np.ndarray]:
+    """A small VOC2012 layout as VOC ships it: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (mode P with VOC's
+    palette, the pixel values class indices, a 255 band on each object's boundary), ImageSets/Segmentation/train.txt
+    and val.txt. The scenes are generated shapes, their classes 1..3 standing for VOC's aeroplane, bicycle, bird;
+    every other image cropped to 64x48 (VOC's images have their own sizes). Returns each id's written mask."""
+    from nf_trainer.tasks.segmentation import bit_colour
+
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    scenes = shapes(task="segmentation", train_size=len(VOC_TRAIN + VOC_VAL), val_size=1, background_only=0)
+    palette = [v for index in range(256) for v in bit_colour(index)]  # VOC's colour map, 255 = (224, 224, 192)
+    written = {}
+    for i, stem in enumerate(VOC_TRAIN + VOC_VAL):
+        image, mask = (t.numpy() for t in scenes.train[i])
+        image, mask = image.transpose(1, 2, 0), mask.copy()
+        if i % 2:
+            image, mask = image[:48], mask[:48]
+        edge = np.zeros_like(mask, bool)  # VOC's void band where two labels meet
+        edge[1:] |= mask[1:] != mask[:-1]
+        edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+        mask[edge] = 255
+        Image.fromarray(np.ascontiguousarray(image)).save(root / "JPEGImages" / f"{stem}.jpg", quality=90)
+        picture = Image.fromarray(mask, mode="P")
+        picture.putpalette(palette)
+        picture.save(root / "SegmentationClass" / f"{stem}.png")
+        written[stem] = mask
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("".join(f"{s}\n" for s in VOC_TRAIN))
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{s}\n" for s in VOC_VAL))
+    return written
+
+
+def test_voc_seg_reads_palette_masks_as_class_indices_with_the_void_border_kept(tmp_path):
+    from nf_trainer.dataset.masks import VOC_CLASSES, voc_seg
+
+    written = voc_tree(tmp_path / "VOC2012")
+    with Image.open(tmp_path / "VOC2012" / "SegmentationClass" / f"{VOC_TRAIN[0]}.png") as mask:
+        assert mask.mode == "P" and mask.getpalette()[3 * 255:3 * 256] == [224, 224, 192]  # as VOC's own files
+    data = voc_seg(tmp_path / "VOC2012")
+    assert data.classes == VOC_CLASSES and len(data.classes) == 21 and data.in_channels == 3 and data.image_size == 0
+    assert len(data.train) == 4 and list(data.eval) == ["voc"] and len(data.eval["voc"]) == 2
+    seen = set()
+    for dataset, stems in ((data.train, VOC_TRAIN), (data.eval["voc"], VOC_VAL)):
+        for i, stem in enumerate(stems):
+            image, mask = dataset[i]
+            assert image.dtype == torch.uint8 and mask.dtype == torch.uint8 and image.shape[0] == 3
+            assert tuple(image.shape[-2:]) == tuple(mask.shape) == written[stem].shape
+            assert np.array_equal(mask.numpy(), written[stem])  # the indices, not the palette's colours
+            seen |= set(mask.unique().tolist())
+    assert {0, 255} < seen and seen <= {0, 1, 2, 3, 255}
+    assert {(48, 64), (64, 64)} == {tuple(m.shape) for m in written.values()}
+
+
+@pytest.mark.parametrize("spoil,needle", [
+    ("mask", "the image {root}/JPEGImages/2007_000039.jpg has no mask"),
+    ("image", "the id 2007_000039 in {root}/ImageSets/Segmentation/train.txt has no image"),
+    ("value", "voc (train): mask {root}/SegmentationClass/2007_000039.png has the value 21, neither a class index "
+              "(0..20: 21 classes) nor 255"),
+    ("split", "no {root}/ImageSets/Segmentation/val.txt"),
+])
+def test_a_bad_voc_tree_fails_in_one_line(tmp_path, spoil, needle):
+    from nf_trainer.dataset.masks import voc_seg
+
+    root = tmp_path / "VOC2012"
+    voc_tree(root)
+    if spoil == "mask":
+        (root / "SegmentationClass" / "2007_000039.png").unlink()
+    elif spoil == "image":
+        (root / "JPEGImages" / "2007_000039.jpg").unlink()
+    elif spoil == "value":
+        write_index_png(np.full((48, 64), 21, np.uint8), root / "SegmentationClass" / "2007_000039.png")
+    elif spoil == "split":
+        (root / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(NfTrainerError) as err:
+        voc_seg(root)
+    message = str(err.value)
+    assert needle.format(root=root) in message and "\n" not in message, message
+
+
+def test_a_voc_tree_trains_and_evaluates_through_main_and_a_missing_mask_is_one_line(tmp_path, out):
+    root = tmp_path / "VOC2012"
+    voc_tree(root)
+    run_here("task=segmentation", "dataset=voc_seg", f"dataset.root={root}", "transforms=segmentation_resize",
+             "transforms.size=64", "loader.batch_size=2", "loader.eval_batch_size=2", "trainer.max_epochs=1",
+             "trainer.pictures=2", "trainer.progress_bar=false", out=out)
+    run = only_run(out)
+    assert run.info.status == "FINISHED" and run.data.params["data.num_classes"] == "21"
+    assert 0 <= run.data.metrics["val/voc/miou"] <= 1 and run.data.metrics["objective"] == run.data.metrics["val/voc/miou"]
+    assert "val/voc/iou/background" in run.data.metrics  # a class in the truth
+    (root / "SegmentationClass" / f"{VOC_VAL[1]}.png").unlink()
+    line = fails_in_one_line("task=segmentation", "dataset=voc_seg", f"dataset.root={root}", out=out)
+    assert line.startswith("dataset=voc_seg: the image") and f"{VOC_VAL[1]}.png" in line and "\n" not in line, line
+    assert len(runs(out)) == 1  # refused before a run starts
+
+
+@pytest.mark.parametrize("model", ["tiny_unet", pytest.param("lraspp_mobilenet_v3_large", marks=pytest.mark.slow)])
+def test_the_onnx_export_gives_the_checkpoints_logits_at_any_batch_and_image_size(tmp_path, out, model):
+    """A one-epoch run on a VOC tree (files of mixed sizes: the checkpoint records no image size), then `mode=export
+    export=[onnx]`: onnxruntime answers the model's main logits (torchvision's dict's "out") for a batch of two
+    64 px images and for an image at its own 64x48 size."""
+    from omegaconf import OmegaConf
+
+    from nf_trainer.dataset.masks import voc_seg
+    from nf_trainer.model.build import build_model, for_export
+    from nf_trainer.tasks.segmentation import logits
+    from nf_trainer.transforms import build_pipeline
+
+    if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript")):
+        pytest.skip("the onnx extra is not installed")
+    ort = pytest.importorskip("onnxruntime")
+    root = tmp_path / "VOC2012"
+    voc_tree(root)
+    run_here("task=segmentation", f"model={model}", "dataset=voc_seg", f"dataset.root={root}",
+             "transforms=segmentation_resize", "transforms.size=64", "loader.batch_size=2", "loader.eval_batch_size=2",
+             "trainer.max_epochs=1", "trainer.pictures=0", "trainer.progress_bar=false", out=out)
+    ckpt_path = Path(only_run(out).data.tags["output_dir"]) / "best-miou.pt"
+    run_here("mode=export", f"ckpt={ckpt_path}", "export=[onnx]", out=out)
+    (exported,) = [r for r in runs(out) if r.data.tags["mode"] == "export"]
+    session = ort.InferenceSession(str(Path(exported.data.tags["output_dir"]) / "export" / "model.onnx"))
+    assert [o.name for o in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == ["logits"]
+
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    cfg = OmegaConf.create(ckpt["config"])
+    net = build_model(cfg.model, dict(ckpt["data"]))
+    net.load_state_dict(ckpt["model"])
+    net = for_export(net)
+    steps = OmegaConf.to_container(cfg.transforms, resolve=True)["eval"]
+    resize, plain = build_pipeline(steps), build_pipeline(steps[1:])  # steps[0]: the Resize to 64 x 64
+    square = voc_seg(root, eval_transform=resize).eval["voc"]
+    own = voc_seg(root, eval_transform=plain).eval["voc"][1][0][None]  # 2009_000001: 64 wide, 48 high
+    assert own.shape == (1, 3, 48, 64)
+    for images in (torch.stack([square[0][0], square[1][0]]), own):
+        (found,) = session.run(None, {"images": images.numpy()})
+        with torch.inference_mode():
+            expected = logits(net(images)).numpy()
+        assert found.shape == expected.shape == (len(images), 21, *images.shape[-2:])
+        assert np.allclose(found, expected, atol=1e-4), np.abs(found - expected).max()
+        assert (found.argmax(1) == expected.argmax(1)).mean() > 0.999  # the mask (ties of equal logits aside)
 
 
 # -- training end to end -------------------------------------------------------------------------------------------

@@ -291,10 +291,15 @@ def voc_seg(root=None, classes=None, palette=None, train_split: str = "train", v
         for stem in ids.read_text().split():
             image = folder / "JPEGImages" / f"{stem}.jpg"
             mask = folder / "SegmentationClass" / f"{stem}.png"
+            if not image.is_file():  # a listed id is the layout's promise, not a bad file to skip
+                raise NfTrainerError(f"dataset=voc_seg: the id {stem} in {ids} has no image ({image}); add it or "
+                                     f"remove {stem} from {ids}")
             if not mask.is_file():
                 raise NfTrainerError(f"dataset=voc_seg: the image {image} has no mask ({mask}); add it or remove "
                                      f"{stem} from {ids}")
             pairs.append((str(image), str(mask)))
+        if not pairs:
+            raise NfTrainerError(f"dataset=voc_seg: {ids} lists no image id")
         return pairs
 
     return mask_splits(listed(train_split), listed(val_split), classes, palette, name=name or "voc",

@@ -26,6 +26,7 @@ from nf_trainer.core.metric_keys import metric_key, per_class_key
 from nf_trainer.tasks.base import Task
 from nf_trainer.tasks.drawing import DARK, GREEN, LINE, RED, captioned, resized, sheet, tile_scale, viewable, write
 from nf_trainer.tasks.multilabel_metrics import macro_f1, tune_thresholds
+from nf_trainer.trainer.distributed import gather_across_ranks
 from nf_trainer.trainer.evaluation import predictions
 from nf_trainer.trainer.step import Step
 
@@ -191,9 +192,10 @@ class Multilabel(Task):
 
 
 def probabilities_and_truth(task: Multilabel, model, loader, device, limit_batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (N, K), multi-hot truth (N, K) bool) over a loader, on the CPU."""
+    """(probabilities (N, K), multi-hot truth (N, K) bool) over a loader, on the CPU; under torchrun over every rank's
+    shard of the set (the thresholds are tuned on all of it, the same on every rank)."""
     found, truths = predictions(task, model, loader, device, limit_batches)
-    return torch.cat(found).cpu(), task.labels(torch.cat(truths).cpu()) > 0.5
+    return gather_across_ranks(torch.cat(found).cpu()), task.labels(gather_across_ranks(torch.cat(truths).cpu())) > 0.5
 
 
 def label_counts(dataset, task: Multilabel) -> tuple[torch.Tensor, int]:

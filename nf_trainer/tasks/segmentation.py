@@ -24,13 +24,14 @@ from torch.nn import functional as F
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.metric_keys import per_class_key
-from nf_trainer.tasks.base import Task
+from nf_trainer.tasks.base import ONNX_SINGLE_FILE_LIMIT, Task
 from nf_trainer.tasks.drawing import DARK, captioned, grid, resized, tile_scale, viewable
 from nf_trainer.tasks.segmentation_reports import write_reports
 from nf_trainer.trainer.step import Step
 
 VOID = 255  # the mask value of pixels no class is asked for
 DERIVED = ("miou", "pixel_accuracy", "mean_accuracy")  # what one confusion matrix gives, besides iou/<class>
+EXAMPLE_SIZE = 256  # the export's example side where the images kept their own sizes (transforms.size's default)
 
 
 class Segmentation(Task):
@@ -201,8 +202,35 @@ class Segmentation(Task):
             present.append([self.classes[c] for c in mask.unique().tolist() if c < len(self.classes)])
         return {"mask": masks, "class_names": present, "height": [h for h, _ in sizes], "width": [w for _, w in sizes]}
 
+    def example_input(self, facts: dict, where: Path):
+        """2 random inputs of the data's size for `mode=export`; EXAMPLE_SIZE px square where the data's images kept
+        their own sizes (mask_folder, voc_seg: the checkpoint records none)."""
+        size = facts.get("image_size") or EXAMPLE_SIZE
+        return torch.rand(2, facts["in_channels"], size, size)
+
     def torchscript(self, model, example):
         return torch.jit.trace(model, example, strict=False)  # strict=False: torchvision's models answer a dict
+
+    def onnx(self, model, example, path: Path) -> None:
+        """Input `images` (N, C, H, W), output `logits` (N, K, H, W): the main logits alone (torchvision's dict's
+        "out": an auxiliary head only trains). Batch, height and width are dynamic: a model takes in ONNX the sizes it
+        takes in torch (any for the tiny UNet and torchvision's; sides divisible by 32 for smp's)."""
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        dim = torch.export.Dim
+        torch.onnx.export(MainLogits(model).eval(), (example,), path, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: dim("batch"), 2: dim("height"), 3: dim("width")},),
+                          external_data=size > ONNX_SINGLE_FILE_LIMIT, verbose=False)
+
+
+class MainLogits(torch.nn.Module):
+    """A segmentation model answering its main logits only, whichever output form it has (for ONNX)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return logits(self.model(images))
 
 
 def logits(output) -> torch.Tensor:

@@ -63,6 +63,16 @@ def sum_across_ranks(*tensors: torch.Tensor) -> None:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
+def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (of any length along dim 0), concatenated in rank order on every rank, on the CPU: what
+    all the ranks' shards of a set give; the tensor itself in a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor.cpu())
+    return torch.cat(parts)
+
+
 def rank0_decides(flag: bool) -> bool:
     """Every rank follows rank 0's decision (early stopping), so no rank waits alone in a collective."""
     if not (dist.is_available() and dist.is_initialized()):
