@@ -286,3 +286,23 @@ def test_eval_mode_measures_the_checkpoint_as_training_did(learned):
     evaluated = [r for r in runs(out) if r.data.tags["mode"] == "eval"][0]
     assert evaluated.data.metrics["val/shapes/map"] == pytest.approx(ckpt["metrics"]["val/shapes/map"], abs=1e-6)
     assert evaluated.data.metrics["objective"] == evaluated.data.metrics["val/shapes/map"]
+
+
+@pytest.mark.parametrize("model_name,head", [("timm", "fc"), ("resnet18", "fc")])
+def test_fine_tuning_a_library_model_with_head_lr_trains_its_new_head_on_multi_hot_targets(model_name, head):
+    from nf_trainer.model.build import build_model
+    from nf_trainer.model.finetune import build_optimizer, head_name
+
+    cfg = compose_cfg("task=multilabel", f"model={model_name}", "model.freeze_backbone=true", "optimizer.lr=0.001",
+                      "optimizer.head_lr=0.1")
+    model = build_model(cfg.model, {"num_classes": 3, "in_channels": 3, "image_size": 32})
+    assert head_name(model) == head and model(torch.rand(2, 3, 32, 32)).shape == (2, 3)  # one logit per label
+    optimizer = build_optimizer(cfg.optimizer, model)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    task = Multilabel(LABELS, MultilabelBCE())
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 1]], dtype=torch.float32)
+    task.train_step(model, (torch.rand(4, 3, 32, 32), targets)).loss.backward()
+    optimizer.step()
+    for name, p in model.named_parameters():  # the backbone stays, the head (one output per label) learns
+        assert torch.equal(p, before[name]) != name.startswith(head + "."), name
