@@ -129,6 +129,8 @@ def test_a_run_killed_inside_an_epoch_resumes_bitwise(case, reference, tmp_path)
         assert history(tmp_path, key) == history(reference, key), key
     # what the task fitted after training on the best model (multi-label's per-label thresholds): the same bits
     best = f"best-{case.monitor}.pt"
+    # the resumed run's output dir holds the best checkpoint of the epochs before the kill too (it may be one of them)
+    assert checkpoint(tmp_path, best)["epoch"] == checkpoint(reference, best)["epoch"]
     state, ref_state = checkpoint(tmp_path, best).get("task_state", {}), checkpoint(reference, best).get("task_state", {})
     assert sorted(ref_state) == sorted(case.state) and state == ref_state
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ def train(cfg: DictConfig, tracker: Tracker, extra_tags: dict[str, str],
     log.debug("device %s, %d train samples, eval sets %s; objective %s", device, len(data.splits.train),
               {name: len(split) for name, split in data.splits.eval.items()}, objective_key)
     state = restore_state(parts, resumed, cfg.resume)  # before the run reopens: a misfit leaves it untouched
+    carry_best_checkpoints(resumed, out_dir, list(parts.best), ddp.is_main)
 
     tracker = tracker if ddp.is_main else NullTracker()  # only rank 0 talks to MLflow
     run_id, run_name = start_training_run(cfg, tracker, data, model, ddp, device, step_settings, out_dir, resumed,
@@ -174,6 +176,18 @@ def resolve_objective(cfg: DictConfig, parts: Parts) -> str:
     """The metric key of `objective.metric`: checked before the run starts, as the watchers' are."""
     eval_sets = list(parts.eval_loaders)
     return resolve_key(cfg.objective.metric, eval_sets, known_metric_keys(cfg, parts.task, eval_sets))
+
+
+def carry_best_checkpoints(resumed: Resumed | None, out_dir: Path, stems: list[str], is_main: bool) -> None:
+    """The resumed run's best-<metric>.pt files come into this run's output dir: the watchers restored from the
+    checkpoint say what they hold, and the best model at the end (the task's thresholds, the logged model) may be one
+    of them, not last.pt."""
+    if resumed is None or not is_main:
+        return
+    for stem in stems:
+        source, target = resumed.path.parent / f"best-{stem}.pt", out_dir / f"best-{stem}.pt"
+        if source.is_file() and not target.exists():
+            shutil.copy2(source, target)
 
 
 def restore_state(parts: Parts, resumed: Resumed | None, where: str | None) -> LoopState:
