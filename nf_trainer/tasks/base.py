@@ -40,6 +40,7 @@ class Task:
     has_val_loss = True  # False where the model gives no loss in eval mode: then no val/<set>/loss is logged, never faked
     shown: tuple[str, ...] = ("loss",)  # the metrics an epoch's log line shows
     serialization_format = "pt2"  # how the MLflow model keeps the torch module: pt2 (torch.export) or pickle
+    onnx_dynamic = {0: "batch"}  # the exported input's axes of any size (a segmenter adds height and width)
     batched_updates = True  # metrics updated with many batches at once (outputs of one shape per image: logits)
 
     def __init__(self, classes: Sequence[str], loss: torch.nn.Module | None = None, batch_transform=None,
@@ -151,11 +152,11 @@ class Task:
         return torch.jit.trace(model, example)
 
     def onnx(self, model: torch.nn.Module, example, path: Path) -> None:
-        """The model as ONNX (torch.export-based): input `images`, output `logits`, a dynamic batch size."""
+        """The model as ONNX (torch.export-based): input `images`, output `logits`, the input's `onnx_dynamic` axes."""
         size = sum(p.numel() * p.element_size() for p in model.parameters())
+        dynamic = {axis: torch.export.Dim(name) for axis, name in self.onnx_dynamic.items()}
         torch.onnx.export(model, (example,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=size > ONNX_SINGLE_FILE_LIMIT,
-                          verbose=False)
+                          dynamic_shapes=(dynamic,), external_data=size > ONNX_SINGLE_FILE_LIMIT, verbose=False)
 
     def unbatch(self, predictions, input_sizes: list[tuple[int, int]], sizes: list[tuple[int, int]]) -> list:
         """A batch's predictions as one per image, in the pixels of each image's own size (`sizes`), from the

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from nf_trainer.core.errors import NfTrainerError
 from nf_trainer.core.metric_keys import per_class_key
-from nf_trainer.tasks.base import ONNX_SINGLE_FILE_LIMIT, Task
+from nf_trainer.tasks.base import Task
 from nf_trainer.tasks.drawing import DARK, captioned, grid, resized, tile_scale, viewable
 from nf_trainer.tasks.segmentation_reports import write_reports
 from nf_trainer.trainer.step import Step
@@ -37,6 +37,7 @@ EXAMPLE_SIZE = 256  # the export's example side where the images kept their own 
 class Segmentation(Task):
     shown = ("loss", "miou", "pixel_accuracy")
     serialization_format = "pickle"  # torchvision's models answer a dict, which torch.export's MLflow signature cannot hold
+    onnx_dynamic = {0: "batch", 2: "height", 3: "width"}
 
     def __init__(self, classes, loss=None, batch_transform=None, name: str = "segmentation", monitor: str = "miou",
                  aux_weight: float = 0.5, palette=None, alpha: float = 0.6):
@@ -212,14 +213,9 @@ class Segmentation(Task):
         return torch.jit.trace(model, example, strict=False)  # strict=False: torchvision's models answer a dict
 
     def onnx(self, model, example, path: Path) -> None:
-        """Input `images` (N, C, H, W), output `logits` (N, K, H, W): the main logits alone (torchvision's dict's
-        "out": an auxiliary head only trains). Batch, height and width are dynamic: a model takes in ONNX the sizes it
-        takes in torch (any for the tiny UNet and torchvision's; sides divisible by 32 for smp's)."""
-        size = sum(p.numel() * p.element_size() for p in model.parameters())
-        dim = torch.export.Dim
-        torch.onnx.export(MainLogits(model).eval(), (example,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: dim("batch"), 2: dim("height"), 3: dim("width")},),
-                          external_data=size > ONNX_SINGLE_FILE_LIMIT, verbose=False)
+        """The main logits alone (torchvision's dict's "out": an auxiliary head only trains); a model takes in ONNX the
+        sizes it takes in torch (any for the tiny UNet and torchvision's; sides divisible by 32 for smp's)."""
+        super().onnx(MainLogits(model).eval(), example, path)
 
 
 class MainLogits(torch.nn.Module):
